@@ -1,0 +1,56 @@
+"""Connection pools with our JSON codecs, and a transaction helper that retries transient failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+
+from db import errors
+
+T = TypeVar("T")
+
+
+async def _init(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+async def create(dsn: str, size: int) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(dsn, min_size=min(2, size), max_size=size, init=_init,
+                                         command_timeout=30)
+    except Exception as exc:
+        raise errors.translate(exc) from exc
+    assert pool is not None
+    return pool
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """A dedicated connection (LISTEN, migrations): never taken from the pool."""
+    conn = await asyncpg.connect(dsn)
+    await _init(conn)
+    return conn
+
+
+async def in_transaction(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]],
+                         attempts: int = 4) -> T:
+    """Run `work` in one transaction; rerun it on serialization failures, deadlocks and races that
+    surface as unique violations (two first messages from one new number, say)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                return await work(conn)
+        except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError, asyncpg.UniqueViolationError):
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(random.uniform(0, 0.01 * attempt))
+    raise AssertionError("unreachable")

@@ -1,0 +1,13 @@
+"""Typed keys for what the application holds."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.inbound.directory import Directory
+from services.runtime import Runtime
+from services.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+RUNTIME = web.AppKey("runtime", Runtime)
+DIRECTORY = web.AppKey("directory", Directory)

@@ -1,0 +1,149 @@
+"""Provider-neutral shapes that every channel module parses into.
+
+The inbound store only ever sees these; provider quirks stay in the provider modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Provider(StrEnum):
+    TWILIO = "twilio"
+    META = "meta"
+
+
+class ChannelKind(StrEnum):
+    TWILIO_SMS = "twilio_sms"
+    TWILIO_WHATSAPP = "twilio_whatsapp"
+    WHATSAPP_CLOUD = "whatsapp_cloud"
+
+
+class MessageStatus(StrEnum):
+    """Matches the CHECK constraint on messages.status and message_statuses.status."""
+
+    RECEIVED = "received"
+    ACCEPTED = "accepted"
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
+    DELIVERED = "delivered"
+    READ = "read"
+    PLAYED = "played"
+    CANCELED = "canceled"
+
+
+class MessageType(StrEnum):
+    """Matches the CHECK constraint on messages.message_type."""
+
+    TEXT = "text"
+    IMAGE = "image"
+    AUDIO = "audio"
+    VIDEO = "video"
+    DOCUMENT = "document"
+    STICKER = "sticker"
+    LOCATION = "location"
+    CONTACTS = "contacts"
+    INTERACTIVE = "interactive"  # button_reply / list_reply
+    BUTTON = "button"  # template quick-reply button
+    REACTION = "reaction"
+    MEDIA = "media"  # Twilio MMS with one or more attachments
+    UNSUPPORTED = "unsupported"
+
+
+class PayloadError(ValueError):
+    """A malformed webhook body. Answered with 400 and the offending field named."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    content_type: str | None = None
+    url: str | None = None  # Twilio: MediaUrlN
+    media_id: str | None = None  # Meta: media object id, fetched later through the Graph API
+    sha256: str | None = None
+    filename: str | None = None
+    caption: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: v for k, v in {
+            "content_type": self.content_type, "url": self.url, "media_id": self.media_id,
+            "sha256": self.sha256, "filename": self.filename, "caption": self.caption,
+        }.items() if v is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """Who wrote to us. Any of these may be missing (Meta's username users have no wa_id/from)."""
+
+    phone: str | None = None  # E.164, normalised with phonenumbers
+    wa_id: str | None = None
+    wa_user_id: str | None = None  # Meta business-scoped user id (BSUID), since April 2026
+    wa_parent_user_id: str | None = None
+    username: str | None = None
+    profile_name: str | None = None
+
+    @property
+    def identified(self) -> bool:
+        return bool(self.phone or self.wa_user_id or self.username)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    provider: Provider
+    channel_kind: ChannelKind
+    # The receiving identity we route on: E.164 number for Twilio, phone_number_id for Meta.
+    channel_address: str
+    provider_message_id: str
+    sender: Sender
+    message_type: MessageType
+    body: str | None
+    raw: dict[str, Any]
+    media: tuple[Media, ...] = ()
+    segments: int | None = None
+    sent_at: datetime | None = None
+    # Type-specific details: location, reaction target, interactive/button ids, reply context...
+    details: dict[str, Any] = field(default_factory=dict)
+    messaging_service_sid: str | None = None  # Twilio only
+    account_sid: str | None = None  # Twilio only
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    provider: Provider
+    provider_message_id: str
+    status: MessageStatus
+    raw: dict[str, Any]
+    error_code: str | None = None
+    error_message: str | None = None
+    occurred_at: datetime | None = None
+    channel_address: str | None = None
+    recipient: str | None = None  # E.164 / wa_id / BSUID as the provider gave it
+
+
+# Statuses only move forward: a late "sent" never overwrites "delivered" or "read".
+# Mirrors parley_status_rank() in db/migrations/0001_foundation.sql.
+STATUS_RANK: dict[MessageStatus, int] = {
+    MessageStatus.RECEIVED: 0,
+    MessageStatus.ACCEPTED: 10,
+    MessageStatus.SCHEDULED: 10,
+    MessageStatus.QUEUED: 10,
+    MessageStatus.SENDING: 20,
+    MessageStatus.SENT: 30,
+    MessageStatus.CANCELED: 35,
+    MessageStatus.UNDELIVERED: 40,
+    MessageStatus.FAILED: 40,
+    MessageStatus.DELIVERED: 50,
+    MessageStatus.READ: 60,
+    MessageStatus.PLAYED: 70,
+}

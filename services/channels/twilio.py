@@ -1,0 +1,384 @@
+"""Twilio Programmable Messaging (SMS, MMS, WhatsApp): signature check, inbound parsing, status mapping.
+
+Pure functions over the form Twilio posts; the HTTP handler in `services/inbound` reads the body
+(`await request.post()`), rebuilds the public URL from configuration and calls them in this order:
+`verify_signature`, then `parse_inbound` or `parse_status`. Sending will live here too.
+
+The form is parsed by hand rather than through a pydantic model: it is a flat multimap whose media
+fields are indexed (`MediaUrl0`, `MediaUrl1`, ...), repeated names are legal, and every problem must
+surface as a `PayloadError` naming Twilio's own field.
+
+Docs: https://www.twilio.com/docs/messaging/guides/webhook-request (inbound),
+https://www.twilio.com/docs/messaging/guides/outbound-message-status-in-status-callbacks (statuses),
+https://www.twilio.com/docs/usage/webhooks/webhooks-security (signatures).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, TypeAlias
+
+import multidict
+from twilio import request_validator
+from twilio.twiml import messaging_response
+
+from services import phone
+from services.channels import base
+
+FormData: TypeAlias = Mapping[str, object] | Iterable[tuple[str, str]]
+"""A received form: aiohttp's `await request.post()` (a MultiDictProxy), a multidict, or (name, value) pairs.
+
+A plain dict is accepted too, but it cannot carry repeated names, so never build one from a request.
+"""
+
+SIGNATURE_HEADER: Final = request_validator.SIGNATURE_HEADER  # "X-Twilio-Signature"
+
+EMPTY_TWIML: Final[str] = str(messaging_response.MessagingResponse())
+"""The body we answer inbound webhooks with (`text/xml`): "received, no automatic reply".
+
+Replies are sent later through the REST API, after the message is committed and an agent has run.
+"""
+
+# Twilio's MessageStatus values -> ours. Statuses only move forward (base.STATUS_RANK), so each maps
+# to the state it proves the message reached.
+STATUS_MAP: dict[str, base.MessageStatus] = {
+    # With a Messaging Service a message starts "accepted" (or "scheduled" when sent later), then
+    # becomes "queued" once a sender is picked. Twilio sends no callback for the initial status, but
+    # the REST API returns it, and the outbound code records it through this same map.
+    "accepted": base.MessageStatus.ACCEPTED,
+    "scheduled": base.MessageStatus.SCHEDULED,
+    "queued": base.MessageStatus.QUEUED,
+    "sending": base.MessageStatus.SENDING,
+    "sent": base.MessageStatus.SENT,
+    "delivered": base.MessageStatus.DELIVERED,
+    # "undelivered": the carrier or WhatsApp reported non-delivery; "failed": Twilio could not send it
+    # at all. Both are final, and ErrorCode says why.
+    "undelivered": base.MessageStatus.UNDELIVERED,
+    "failed": base.MessageStatus.FAILED,
+    "read": base.MessageStatus.READ,  # WhatsApp read receipts
+    # A scheduled message cancelled before it went out: it never reached the recipient.
+    "canceled": base.MessageStatus.CANCELED,
+    # Some of the message reached the handset (Twilio reports it when only part of a delivery
+    # succeeded). We have no "partial" state, and the recipient has seen content from us, which is
+    # what the conversation logic cares about: count it as delivered. The exact value stays in `raw`,
+    # and the rank keeps a late "sent" or "undelivered" from moving it back.
+    "partially_delivered": base.MessageStatus.DELIVERED,
+    # "receiving" and "received" describe inbound messages and are deliberately absent: a callback
+    # carrying them is well-formed but irrelevant, so parse_status returns None.
+}
+
+# Twilio SIDs are two letters and 32 hex digits. We only insist on a short alphanumeric token, so an
+# unexpected format does not bounce real traffic, while junk never becomes a dedupe key.
+_SID = re.compile(r"[A-Za-z0-9]{2,64}")
+_WHATSAPP_PREFIX: Final = "whatsapp"
+
+# WhatsApp Click-to-WhatsApp ad fields. ReferralNumMedia is left out: Twilio sends "0" on every
+# WhatsApp message, ad or not.
+_REFERRAL_FIELDS: Final = {
+    "ReferralBody": "body",
+    "ReferralHeadline": "headline",
+    "ReferralSourceId": "source_id",
+    "ReferralSourceType": "source_type",
+    "ReferralSourceUrl": "source_url",
+    "ReferralMediaId": "media_id",
+    "ReferralMediaContentType": "media_content_type",
+    "ReferralMediaUrl": "media_url",
+    "ReferralCtwaClid": "ctwa_clid",
+}
+
+
+def verify_signature(auth_token: str, url: str, params: FormData, signature: str | None) -> bool:
+    """Whether `signature` (the X-Twilio-Signature header) is Twilio's signature of this request.
+
+    `url` must be the full public URL Twilio called, query string included, rebuilt from
+    configuration (or trusted X-Forwarded-* headers), never the URL the proxy handed us. `params` must
+    be every received form field, before any whitelisting: Twilio adds parameters without notice, and
+    a missing field or a dropped empty one (`ToCity=` contributes "ToCity") breaks the signature.
+
+    The twilio package's RequestValidator does the work: it tries the URL with and without its
+    default port (Twilio is inconsistent about ":443"), sorts names, and for a repeated name appends
+    `name + value` once per distinct value, values sorted. It reads repeated values through
+    `getall()`, so the form is handed over as a MultiDict: a dict would keep a single value.
+
+    Returns False, never raises, for a missing signature, an empty token, an unparsable URL or a
+    form that is not text.
+    """
+    if not signature or not auth_token:
+        # An empty token would "verify" anything an attacker signs with the empty key.
+        return False
+    try:
+        form = _multidict(params)
+        validator = request_validator.RequestValidator(auth_token)
+        return bool(validator.validate(url, form, signature))
+    except (ValueError, TypeError):
+        # ValueError covers a bad port in the URL, text that cannot be encoded, and PayloadError.
+        return False
+
+
+def parse_inbound(form: FormData) -> base.InboundMessage:
+    """The provider-neutral message from Twilio's incoming-message webhook (SMS, MMS or WhatsApp).
+
+    https://www.twilio.com/docs/messaging/guides/webhook-request. A WhatsApp text, as posted
+    (`application/x-www-form-urlencoded`, one line, wrapped here):
+
+        SmsMessageSid=SM5d1e...&NumMedia=0&ProfileName=Ana+Souza&MessageType=text
+        &SmsSid=SM5d1e...&WaId=5511987654321&SmsStatus=received&Body=Ol%C3%A1%21
+        &To=whatsapp%3A%2B14155238886&NumSegments=1&ReferralNumMedia=0&MessageSid=SM5d1e...
+        &AccountSid=AC3a4f...&From=whatsapp%3A%2B5511987654321&ApiVersion=2010-04-01
+
+    Required: MessageSid (SmsSid as a fallback), AccountSid, From and To, both phone numbers, bare
+    or with the "whatsapp:" prefix on both. Raises PayloadError naming the first bad field.
+
+    `message_type` is LOCATION (Latitude/Longitude), INTERACTIVE (a list reply: ListId/ListTitle),
+    BUTTON (a quick reply: ButtonPayload/ButtonText), else decided by the attachments: none -> TEXT,
+    one -> IMAGE/AUDIO/VIDEO/CONTACTS (text/vcard)/DOCUMENT by its content type, several -> MEDIA.
+    A message with no text, attachment or structured content is UNSUPPORTED. `details` may hold
+    "location", "interactive", "button", "context" (the message replied to), "referral" (the ad a
+    Click-to-WhatsApp conversation started from), "forwarded" and "frequently_forwarded".
+    """
+    fields = _multidict(form)
+
+    message_id = _sid(fields, "MessageSid", "SmsSid")
+    account_sid = _sid(fields, "AccountSid")
+    sender_phone, from_whatsapp = _address(fields, "From")
+    channel_address, to_whatsapp = _address(fields, "To")
+    if from_whatsapp != to_whatsapp:
+        raise base.PayloadError("To", "is not on the same channel as From")
+
+    media = _media(fields)
+    details: dict[str, Any] = {}
+    message_type = _structured_type(fields, details)
+    body = _one(fields, "Body")
+    if message_type is None:
+        message_type = _type_from_media(media, body)
+
+    context = _without_none({
+        "message_id": _one(fields, "OriginalRepliedMessageSid"),
+        "from": _optional_e164(fields, "OriginalRepliedMessageSender"),
+    })
+    if "message_id" in context:
+        details["context"] = context
+    referral = _without_none({key: _one(fields, name) for name, key in _REFERRAL_FIELDS.items()})
+    if referral:
+        details["referral"] = referral
+    for name, key in (("Forwarded", "forwarded"), ("FrequentlyForwarded", "frequently_forwarded")):
+        if _one(fields, name) == "true":
+            details[key] = True
+
+    return base.InboundMessage(
+        provider=base.Provider.TWILIO,
+        channel_kind=base.ChannelKind.TWILIO_WHATSAPP if from_whatsapp else base.ChannelKind.TWILIO_SMS,
+        channel_address=channel_address,
+        provider_message_id=message_id,
+        sender=base.Sender(
+            phone=sender_phone,
+            wa_id=_one(fields, "WaId"),
+            profile_name=_one(fields, "ProfileName"),
+        ),
+        message_type=message_type,
+        body=body,
+        raw=_raw(fields),
+        media=media,
+        segments=_count(fields, "NumSegments"),
+        details=details,
+        messaging_service_sid=_optional_sid(fields, "MessagingServiceSid"),
+        account_sid=account_sid,
+    )
+
+
+def parse_status(form: FormData) -> base.StatusUpdate | None:
+    """The status update from an outbound message's status callback, or None when it is irrelevant.
+
+    https://www.twilio.com/docs/messaging/guides/outbound-message-status-in-status-callbacks.
+    An SMS that could not be delivered, as posted (one line, wrapped here):
+
+        ErrorCode=30006&SmsSid=SM9b2c...&SmsStatus=undelivered&MessageStatus=undelivered
+        &To=%2B13125550199&MessagingServiceSid=MG7e1d...&MessageSid=SM9b2c...
+        &AccountSid=AC3a4f...&From=%2B14155550123&ApiVersion=2010-04-01
+
+    Required: MessageSid (SmsSid as a fallback) and MessageStatus (SmsStatus as a fallback); a
+    missing one raises PayloadError. A status missing from STATUS_MAP (the inbound-only "receiving"
+    and "received", or one Twilio adds later) returns None, so the handler still answers 200 and
+    Twilio does not retry. `recipient` is To and `channel_address` is From, as E.164, or None when
+    absent or not a phone number (an alphanumeric sender ID, say).
+    """
+    fields = _multidict(form)
+    message_id = _sid(fields, "MessageSid", "SmsSid")
+    status = STATUS_MAP.get(_required(fields, "MessageStatus", "SmsStatus").lower())
+    if status is None:
+        return None
+    return base.StatusUpdate(
+        provider=base.Provider.TWILIO,
+        provider_message_id=message_id,
+        status=status,
+        raw=_raw(fields),
+        error_code=_one(fields, "ErrorCode"),
+        error_message=_one(fields, "ErrorMessage"),
+        channel_address=_optional_e164(fields, "From"),
+        recipient=_optional_e164(fields, "To"),
+    )
+
+
+def _multidict(form: FormData) -> multidict.MultiDict[str]:
+    """Every received (name, value) pair, in order, repeats kept; PayloadError if one is not text."""
+    pairs: Iterable[Any] = form.items() if isinstance(form, Mapping) else form
+    fields: multidict.MultiDict[str] = multidict.MultiDict()
+    for pair in pairs:
+        try:
+            name, value = pair
+        except (TypeError, ValueError):
+            raise base.PayloadError("form", "must be (name, value) pairs") from None
+        if not isinstance(name, str):
+            raise base.PayloadError("form", "has a field name that is not text")
+        if not isinstance(value, str):
+            # A multipart upload (aiohttp FileField) or bytes: Twilio only ever posts url-encoded text.
+            raise base.PayloadError(name, "must be text")
+        fields.add(name, value)
+    return fields
+
+
+def _raw(fields: multidict.MultiDict[str]) -> dict[str, Any]:
+    """Every field as received: a repeated name keeps all its values as a list."""
+    raw: dict[str, Any] = {}
+    for name in dict.fromkeys(fields.keys()):
+        values = fields.getall(name)
+        raw[name] = values[0] if len(values) == 1 else list(values)
+    return raw
+
+
+def _one(fields: multidict.MultiDict[str], name: str) -> str | None:
+    """The field's value, None when absent or empty. A name repeated with different values is refused."""
+    values = fields.getall(name, [])
+    if not values:
+        return None
+    if len(set(values)) > 1:
+        # Both values are signed, so this is no forgery; but which one we act on would be a guess.
+        raise base.PayloadError(name, "is repeated with different values")
+    return values[0] or None
+
+
+def _required(fields: multidict.MultiDict[str], name: str, *fallbacks: str) -> str:
+    for candidate in (name, *fallbacks):
+        value = _one(fields, candidate)
+        if value is not None:
+            return value
+    raise base.PayloadError(name, "is required")
+
+
+def _sid(fields: multidict.MultiDict[str], name: str, *fallbacks: str) -> str:
+    value = _required(fields, name, *fallbacks)
+    if not _SID.fullmatch(value):
+        raise base.PayloadError(name, "is not a Twilio SID")
+    return value
+
+
+def _optional_sid(fields: multidict.MultiDict[str], name: str) -> str | None:
+    return _sid(fields, name) if _one(fields, name) is not None else None
+
+
+def _address(fields: multidict.MultiDict[str], name: str) -> tuple[str, bool]:
+    """(E.164 number, whether it came as "whatsapp:+...") for From or To."""
+    value = _required(fields, name)
+    prefix, colon, _ = value.partition(":")
+    whatsapp = bool(colon) and prefix == _WHATSAPP_PREFIX
+    if colon and not whatsapp:
+        # rcs:, messenger: and the like would otherwise pass as SMS numbers (to_e164 drops any prefix).
+        raise base.PayloadError(name, "has an unsupported channel prefix")
+    e164 = phone.to_e164(value)
+    if e164 is None:
+        raise base.PayloadError(name, "is not a valid phone number")
+    return e164, whatsapp
+
+
+def _optional_e164(fields: multidict.MultiDict[str], name: str) -> str | None:
+    value = _one(fields, name)
+    return phone.to_e164(value) if value else None
+
+
+def _count(fields: multidict.MultiDict[str], name: str) -> int | None:
+    value = _one(fields, name)
+    if value is None:
+        return None
+    # int() alone would also take " 3", "+3", "1_0" and non-ASCII digits.
+    if not (value.isascii() and value.isdigit()):
+        raise base.PayloadError(name, "must be a non-negative integer")
+    try:
+        return int(value)
+    except ValueError:  # more digits than int() converts (about 4300)
+        raise base.PayloadError(name, "must be a non-negative integer") from None
+
+
+def _media(fields: multidict.MultiDict[str]) -> tuple[base.Media, ...]:
+    count = _count(fields, "NumMedia") or 0
+    media: list[base.Media] = []
+    # Stops at the first missing URL, so a huge NumMedia costs one iteration, not a billion.
+    for index in range(count):
+        url = _one(fields, f"MediaUrl{index}")
+        if url is None:
+            raise base.PayloadError(f"MediaUrl{index}", f"is required when NumMedia is {count}")
+        media.append(base.Media(content_type=_one(fields, f"MediaContentType{index}"), url=url))
+    return tuple(media)
+
+
+def _structured_type(fields: multidict.MultiDict[str], details: dict[str, Any]) -> base.MessageType | None:
+    """LOCATION, INTERACTIVE or BUTTON when the form carries their fields (recorded in `details`)."""
+    latitude = _coordinate(fields, "Latitude", 90.0, requires="Longitude")
+    longitude = _coordinate(fields, "Longitude", 180.0, requires="Latitude")
+    if latitude is not None and longitude is not None:
+        # "name" for Twilio's Label, so a location reads the same whichever provider delivered it.
+        details["location"] = _without_none({
+            "latitude": latitude,
+            "longitude": longitude,
+            "name": _one(fields, "Label"),
+            "address": _one(fields, "Address"),
+        })
+        return base.MessageType.LOCATION
+
+    list_id, list_title = _one(fields, "ListId"), _one(fields, "ListTitle")
+    if list_id or list_title:
+        details["interactive"] = _without_none({"type": "list_reply", "id": list_id, "title": list_title})
+        return base.MessageType.INTERACTIVE
+
+    payload, text = _one(fields, "ButtonPayload"), _one(fields, "ButtonText")
+    if payload or text:
+        details["button"] = _without_none({"payload": payload, "text": text})
+        return base.MessageType.BUTTON
+    return None
+
+
+def _coordinate(fields: multidict.MultiDict[str], name: str, limit: float, *, requires: str) -> float | None:
+    value = _one(fields, name)
+    if value is None:
+        if _one(fields, requires) is not None:
+            raise base.PayloadError(name, f"is required with {requires}")
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise base.PayloadError(name, "is not a number") from None
+    if not math.isfinite(number) or abs(number) > limit:
+        raise base.PayloadError(name, f"must be between -{limit:g} and {limit:g}")
+    return number
+
+
+def _type_from_media(media: tuple[base.Media, ...], body: str | None) -> base.MessageType:
+    if len(media) > 1:
+        return base.MessageType.MEDIA
+    if media:
+        content_type = (media[0].content_type or "").split(";", 1)[0].strip().lower()
+        if content_type in ("text/vcard", "text/x-vcard"):
+            # A shared WhatsApp contact reaches us as a vCard attachment.
+            return base.MessageType.CONTACTS
+        major = content_type.split("/", 1)[0]
+        return {
+            "image": base.MessageType.IMAGE,
+            "audio": base.MessageType.AUDIO,
+            "video": base.MessageType.VIDEO,
+        }.get(major, base.MessageType.DOCUMENT)
+    return base.MessageType.TEXT if body is not None else base.MessageType.UNSUPPORTED
+
+
+def _without_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}

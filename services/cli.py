@@ -1,0 +1,73 @@
+"""`parley serve | worker | migrate | classify`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from services import logs
+from services import settings as settings_mod
+
+
+def _secrets(s: settings_mod.Settings) -> list[str]:
+    values = [s.parley_api_key, s.twilio_auth_token, s.whatsapp_app_secret, s.whatsapp_verify_token,
+              s.whatsapp_access_token, s.openai_api_key]
+    found = [v.get_secret_value() for v in values if v is not None]
+    if s.database_url and "@" in s.database_url:
+        userinfo = s.database_url.split("://", 1)[-1].split("@", 1)[0]
+        if ":" in userinfo:
+            found.append(userinfo.split(":", 1)[1])
+    return found
+
+
+def _load() -> settings_mod.Settings:
+    try:
+        s = settings_mod.load()
+    except settings_mod.SettingsError as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logs.configure(s.log_level, _secrets(s))
+    return s
+
+
+def serve(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from services import web as web_mod
+
+    s = _load()
+    app = web_mod.create_app(s, background=web_mod.default_background(s))
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None,
+                shutdown_timeout=30)
+
+
+def migrate(args: argparse.Namespace) -> None:
+    from services import runtime as runtime_mod
+
+    s = _load()
+
+    async def run() -> None:
+        async with runtime_mod.database(s) as dsn:
+            applied = await runtime_mod.apply_migrations(dsn)
+        print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+
+    asyncio.run(run())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="parley", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="webhooks, operator API, agents and orchestrator in one process")
+    p_serve.add_argument("--host", default="127.0.0.1")
+    p_serve.add_argument("--port", type=int, default=8080)
+    p_serve.set_defaults(func=serve)
+    p_migrate = sub.add_parser("migrate", help="apply database migrations and exit")
+    p_migrate.set_defaults(func=migrate)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+-- name: find_message
+-- $1 = provider, $2 = provider_message_id
+SELECT id FROM messages WHERE provider = $1 AND provider_message_id = $2;
+
+-- name: user_by_phone
+-- $1 = tenant_id, $2 = phone
+SELECT id, consent_state, profile_name, wa_id, wa_user_id, wa_username FROM users
+WHERE tenant_id = $1 AND phone = $2;
+
+-- name: user_by_bsuid
+-- $1 = tenant_id, $2 = wa_user_id; prefer the row that also has a phone
+SELECT id, consent_state, profile_name, wa_id, wa_user_id, wa_username FROM users
+WHERE tenant_id = $1 AND wa_user_id = $2 ORDER BY (phone IS NOT NULL) DESC, id LIMIT 1;
+
+-- name: user_by_username
+-- $1 = tenant_id, $2 = wa_username
+SELECT id, consent_state, profile_name, wa_id, wa_user_id, wa_username FROM users
+WHERE tenant_id = $1 AND wa_username = $2 ORDER BY (phone IS NOT NULL) DESC, id LIMIT 1;
+
+-- name: attach_phone_to_bsuid_user
+-- A user first seen by BSUID only now shows a phone: keep one user.
+-- $1 = tenant_id, $2 = wa_user_id, $3 = phone, $4 = time_zone
+UPDATE users SET phone = $3, time_zone = COALESCE(time_zone, $4), updated_at = now()
+WHERE tenant_id = $1 AND wa_user_id = $2 AND phone IS NULL
+RETURNING id, consent_state, profile_name, wa_id, wa_user_id, wa_username;
+
+-- name: insert_user_by_phone
+-- $1 = tenant_id, $2 = phone, $3 = wa_id, $4 = wa_user_id, $5 = wa_parent_user_id, $6 = wa_username,
+-- $7 = profile_name, $8 = time_zone
+INSERT INTO users (tenant_id, phone, wa_id, wa_user_id, wa_parent_user_id, wa_username, profile_name, time_zone)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (tenant_id, phone) WHERE phone IS NOT NULL
+DO UPDATE SET updated_at = now()
+RETURNING id, consent_state, profile_name, wa_id, wa_user_id, wa_username;
+
+-- name: insert_user_by_bsuid
+-- $1 = tenant_id, $2 = wa_user_id, $3 = wa_parent_user_id, $4 = wa_username, $5 = profile_name
+INSERT INTO users (tenant_id, wa_user_id, wa_parent_user_id, wa_username, profile_name)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (tenant_id, wa_user_id) WHERE phone IS NULL AND wa_user_id IS NOT NULL
+DO UPDATE SET updated_at = now()
+RETURNING id, consent_state, profile_name, wa_id, wa_user_id, wa_username;
+
+-- name: insert_user_by_username
+-- $1 = tenant_id, $2 = wa_username, $3 = profile_name
+INSERT INTO users (tenant_id, wa_username, profile_name) VALUES ($1, $2, $3)
+ON CONFLICT (tenant_id, wa_username) WHERE phone IS NULL AND wa_user_id IS NULL AND wa_username IS NOT NULL
+DO UPDATE SET updated_at = now()
+RETURNING id, consent_state, profile_name, wa_id, wa_user_id, wa_username;
+
+-- name: refresh_user_profile
+-- $1 = user id, $2 = profile_name, $3 = wa_id, $4 = wa_user_id, $5 = wa_parent_user_id, $6 = wa_username
+UPDATE users SET profile_name = COALESCE($2, profile_name), wa_id = COALESCE($3, wa_id),
+                 wa_user_id = COALESCE($4, wa_user_id), wa_parent_user_id = COALESCE($5, wa_parent_user_id),
+                 wa_username = COALESCE($6, wa_username), updated_at = now()
+WHERE id = $1;
+
+-- name: insert_inbound
+-- Conversation upsert, message, message.received event and agent task in one statement.
+-- $1 = tenant_id, $2 = user_id, $3 = channel_id, $4 = provider, $5 = provider_message_id,
+-- $6 = message_type, $7 = body, $8 = media, $9 = details, $10 = segments, $11 = keyword, $12 = raw,
+-- $13 = provider_sent_at, $14 = event payload, $15 = task max_attempts
+WITH conv AS (
+    INSERT INTO conversations (tenant_id, user_id, channel_id, last_message_at, last_inbound_at)
+    VALUES ($1, $2, $3, now(), now())
+    ON CONFLICT ON CONSTRAINT conversations_tenant_user_channel_key
+    DO UPDATE SET last_message_at = now(), last_inbound_at = now(), status = 'active'
+    RETURNING id
+), msg AS (
+    INSERT INTO messages (tenant_id, conversation_id, direction, provider, provider_message_id,
+                          message_type, body, media, details, status, segments, keyword, raw, provider_sent_at)
+    SELECT $1, conv.id, 'inbound', $4, $5, $6, $7, $8, $9, 'received', $10, $11, $12, $13 FROM conv
+    ON CONFLICT ON CONSTRAINT messages_provider_message_id_key DO NOTHING
+    RETURNING id, conversation_id
+), event AS (
+    INSERT INTO events (tenant_id, type, conversation_id, user_id, message_id, payload)
+    SELECT $1, 'message.received', msg.conversation_id, $2, msg.id, $14 FROM msg
+), task AS (
+    INSERT INTO agent_tasks (tenant_id, conversation_id, message_id, kind, max_attempts)
+    SELECT $1, msg.conversation_id, msg.id, 'process_message', $15 FROM msg
+)
+SELECT conv.id AS conversation_id, msg.id AS message_id FROM conv LEFT JOIN msg ON true;
+
+-- name: set_consent
+-- $1 = user id, $2 = state, $3 = source, $4 = keyword, $5 = message id, $6 = changed_by
+WITH u AS (
+    UPDATE users SET consent_state = $2, consent_updated_at = now(), updated_at = now()
+    WHERE id = $1 RETURNING id, tenant_id
+)
+INSERT INTO consent_changes (tenant_id, user_id, state, source, keyword, message_id, changed_by)
+SELECT u.tenant_id, u.id, $2, $3, $4, $5, $6 FROM u
+RETURNING id;
+
+-- name: insert_event
+-- $1 = tenant_id, $2 = type, $3 = conversation_id, $4 = user_id, $5 = message_id, $6 = payload
+INSERT INTO events (tenant_id, type, conversation_id, user_id, message_id, payload)
+VALUES ($1, $2, $3, $4, $5, $6);
+
+-- name: record_status
+-- Keep every callback; move the message's status forward only.
+-- $1 = tenant_id, $2 = provider, $3 = provider_message_id, $4 = status, $5 = error_code,
+-- $6 = error_message, $7 = occurred_at, $8 = raw
+WITH history AS (
+    INSERT INTO message_statuses (tenant_id, provider, provider_message_id, status, error_code,
+                                  error_message, occurred_at, raw)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+)
+UPDATE messages SET status = $4, error_code = COALESCE($5, error_code),
+                    error_message = COALESCE($6, error_message), status_updated_at = now()
+WHERE provider = $2 AND provider_message_id = $3
+  AND parley_status_rank($4) > parley_status_rank(status)
+RETURNING id, tenant_id, conversation_id;

@@ -1,0 +1,149 @@
+"""Committing an inbound message: user, conversation, message, consent, event and agent task in one
+transaction, so that a webhook we acknowledge is already durable and a redelivery is stored once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import asyncpg
+
+from db import pool as db_pool
+from db import queries
+from services import keywords, phone
+from services.channels.base import InboundMessage, StatusUpdate
+from services.inbound.directory import Channel
+
+Q = queries.load(__file__)
+
+
+class ConsentState(StrEnum):
+    UNKNOWN = "unknown"
+    OPTED_IN = "opted_in"
+    OPTED_OUT = "opted_out"
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    message_id: int | None  # None: a redelivery we already had
+    conversation_id: int | None
+    user_id: int | None
+    keyword: keywords.Keyword | None = None
+    consent_changed_to: ConsentState | None = None
+
+    @property
+    def duplicate(self) -> bool:
+        return self.message_id is None
+
+
+class _Duplicate(Exception):
+    """Lost a race with a concurrent delivery of the same message: roll back, report a duplicate."""
+
+
+async def ingest(pool: asyncpg.Pool, channel: Channel, msg: InboundMessage, max_attempts: int) -> Stored:
+    async with pool.acquire() as conn:
+        if await conn.fetchval(Q.find_message, msg.provider.value, msg.provider_message_id):
+            return Stored(None, None, None)
+    try:
+        return await db_pool.in_transaction(pool, lambda conn: _ingest(conn, channel, msg, max_attempts))
+    except _Duplicate:
+        return Stored(None, None, None)
+
+
+async def _ingest(conn: asyncpg.Connection, channel: Channel, msg: InboundMessage,
+                  max_attempts: int) -> Stored:
+    user = await _resolve_user(conn, channel.tenant_id, msg)
+    match = keywords.match(msg.body) if msg.message_type in ("text", "button", "interactive") else None
+    new_state = _consent_after(match, ConsentState(user["consent_state"]))
+    # YES from someone who is not opted out is an ordinary reply, not a keyword.
+    keyword = None if match is None or (match.keyword is keywords.Keyword.YES and new_state is None) else (
+        keywords.Keyword.OPT_IN if match.keyword is keywords.Keyword.YES else match.keyword)
+
+    payload = {"provider": msg.provider.value, "channel_id": channel.id, "type": msg.message_type.value,
+               "keyword": keyword.value if keyword else None}
+    row = await conn.fetchrow(
+        Q.insert_inbound, channel.tenant_id, user["id"], channel.id, msg.provider.value,
+        msg.provider_message_id, msg.message_type.value, msg.body, [m.as_json() for m in msg.media],
+        msg.details, msg.segments, keyword.value if keyword else None, msg.raw, msg.sent_at, payload,
+        max_attempts,
+    )
+    if row["message_id"] is None:
+        raise _Duplicate
+    message_id, conversation_id = row["message_id"], row["conversation_id"]
+
+    if new_state is not None:
+        # Honoured here, in the webhook's transaction, before any agent can act on the message.
+        await conn.fetchval(Q.set_consent, user["id"], new_state.value, "keyword", match.word if match else None,
+                            message_id, "user")
+        await conn.execute(Q.insert_event, channel.tenant_id, f"consent.{new_state.value}", conversation_id,
+                           user["id"], message_id, {"source": "keyword", "keyword": match.word if match else None})
+    elif keyword is keywords.Keyword.HELP:
+        await conn.execute(Q.insert_event, channel.tenant_id, "help.requested", conversation_id, user["id"],
+                           message_id, {"keyword": match.word if match else None})
+    return Stored(message_id, conversation_id, user["id"], keyword, new_state)
+
+
+def _consent_after(match: keywords.KeywordMatch | None, current: ConsentState) -> ConsentState | None:
+    """The consent state a keyword moves the user to, or None when nothing changes."""
+    if match is None:
+        return None
+    if match.keyword is keywords.Keyword.OPT_OUT and current is not ConsentState.OPTED_OUT:
+        return ConsentState.OPTED_OUT
+    if match.keyword is keywords.Keyword.OPT_IN and current is not ConsentState.OPTED_IN:
+        return ConsentState.OPTED_IN
+    if match.keyword is keywords.Keyword.YES and current is ConsentState.OPTED_OUT:
+        return ConsentState.OPTED_IN
+    return None
+
+
+async def _resolve_user(conn: asyncpg.Connection, tenant_id: int, msg: InboundMessage) -> asyncpg.Record:
+    """Find or create the sender. Phone first; Meta's BSUID or username when there is no phone.
+    Every path is an upsert on a unique index, so concurrent first messages make one user."""
+    s = msg.sender
+    if s.phone:
+        user = await conn.fetchrow(Q.user_by_phone, tenant_id, s.phone)
+        if user is None and s.wa_user_id:
+            user = await conn.fetchrow(Q.attach_phone_to_bsuid_user, tenant_id, s.wa_user_id, s.phone,
+                                       phone.time_zone_for(s.phone))
+        if user is None:
+            return await conn.fetchrow(Q.insert_user_by_phone, tenant_id, s.phone, s.wa_id, s.wa_user_id,
+                                       s.wa_parent_user_id, s.username, s.profile_name,
+                                       phone.time_zone_for(s.phone))
+    elif s.wa_user_id:
+        user = await conn.fetchrow(Q.user_by_bsuid, tenant_id, s.wa_user_id)
+        if user is None:
+            return await conn.fetchrow(Q.insert_user_by_bsuid, tenant_id, s.wa_user_id, s.wa_parent_user_id,
+                                       s.username, s.profile_name)
+    elif s.username:
+        user = await conn.fetchrow(Q.user_by_username, tenant_id, s.username)
+        if user is None:
+            return await conn.fetchrow(Q.insert_user_by_username, tenant_id, s.username, s.profile_name)
+    else:  # the parsers refuse such messages; this guards the invariant
+        raise ValueError("sender has no identity")
+    if _profile_changed(user, msg):
+        await conn.execute(Q.refresh_user_profile, user["id"], s.profile_name, s.wa_id, s.wa_user_id,
+                           s.wa_parent_user_id, s.username)
+    return user
+
+
+def _profile_changed(user: asyncpg.Record, msg: InboundMessage) -> bool:
+    s = msg.sender
+    return any(new is not None and new != user[col] for col, new in (
+        ("profile_name", s.profile_name), ("wa_id", s.wa_id), ("wa_user_id", s.wa_user_id),
+        ("wa_username", s.username)))
+
+
+async def record_status(pool: asyncpg.Pool, tenant_id: int | None, update: StatusUpdate) -> int | None:
+    """Store a status callback; returns the message id when its status moved forward."""
+    async def work(conn: asyncpg.Connection) -> int | None:
+        row = await conn.fetchrow(Q.record_status, tenant_id, update.provider.value, update.provider_message_id,
+                                  update.status.value, update.error_code, update.error_message,
+                                  update.occurred_at, update.raw)
+        if row is None:
+            return None
+        await conn.execute(Q.insert_event, row["tenant_id"], f"message.{update.status.value}",
+                           row["conversation_id"], None, row["id"],
+                           {"error_code": update.error_code} if update.error_code else {})
+        return int(row["id"])
+
+    return await db_pool.in_transaction(pool, work)

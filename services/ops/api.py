@@ -1,0 +1,137 @@
+"""Operator API: JSON behind `Authorization: Bearer $PARLEY_API_KEY`."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from db import migrate, queries
+from services import appkeys, phone
+from services.httperrors import json_error
+from services.ops import pagination
+from services.runtime import Runtime
+
+Q = queries.load(__file__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/api/users", list_users),
+        web.get("/api/conversations", list_conversations),
+        web.get("/api/conversations/{id}/messages", conversation_messages),
+    ]
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/api/"):
+        expected = request.app[appkeys.RUNTIME].api_key
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+            response = json_error(401, "missing or invalid bearer token")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="parley"'
+            return response
+    try:
+        return await handler(request)
+    except pagination.BadParameter as exc:
+        return json_error(400, f"{exc.field} {exc.problem}", exc.field)
+
+
+def _runtime(request: web.Request) -> Runtime:
+    return request.app[appkeys.RUNTIME]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    runtime = _runtime(request)
+    checks: dict[str, str] = {}
+    try:
+        async with runtime.pool.acquire(timeout=2) as conn:
+            pending = await migrate.pending(conn)
+        checks["database"] = "ok"
+        checks["migrations"] = "ok" if not pending else f"pending: {', '.join(pending)}"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        checks["database"] = f"unreachable ({type(exc).__name__})"
+    if runtime.redis is not None:
+        try:
+            await runtime.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["redis"] = f"unreachable ({type(exc).__name__})"
+    ready = all(v == "ok" for v in checks.values())
+    return web.json_response({"status": "ready" if ready else "not ready", "checks": checks},
+                             status=200 if ready else 503)
+
+
+def _phone_param(request: web.Request) -> str:
+    raw = request.query.get("phone")
+    if not raw:
+        raise pagination.BadParameter("phone", "is required (E.164, e.g. +14155550123)")
+    e164 = phone.to_e164(raw)
+    if e164 is None:
+        raise pagination.BadParameter("phone", "is not a valid phone number")
+    return e164
+
+
+async def list_users(request: web.Request) -> web.Response:
+    e164 = _phone_param(request)
+    after, size = pagination.decode(request.query.get("cursor")), pagination.limit(request.query)
+    async with _runtime(request).pool.acquire() as conn:
+        rows = await conn.fetch(Q.users_by_phone, e164, after, size + 1)
+    result = pagination.page(rows, size)
+    for item in result["items"]:
+        item["opted_out"] = item["consent_state"] == "opted_out"
+    return web.json_response(result, dumps=_dumps)
+
+
+async def list_conversations(request: web.Request) -> web.Response:
+    e164 = _phone_param(request)
+    after, size = pagination.decode(request.query.get("cursor")), pagination.limit(request.query)
+    async with _runtime(request).pool.acquire() as conn:
+        rows = await conn.fetch(Q.conversations_by_phone, e164, after, size + 1)
+    return web.json_response(pagination.page(rows, size), dumps=_dumps)
+
+
+async def conversation_messages(request: web.Request) -> web.Response:
+    conversation_id = _int_path(request, "id")
+    after, size = pagination.decode(request.query.get("cursor")), pagination.limit(request.query)
+    async with _runtime(request).pool.acquire() as conn:
+        if not await conn.fetchval(Q.conversation_exists, conversation_id):
+            return json_error(404, "no such conversation", "id")
+        rows = await conn.fetch(Q.conversation_messages, conversation_id, after, size + 1)
+    return web.json_response(pagination.page(rows, size), dumps=_dumps)
+
+
+def _int_path(request: web.Request, name: str) -> int:
+    try:
+        value = int(request.match_info[name])
+    except ValueError:
+        raise pagination.BadParameter(name, "must be an integer id") from None
+    if not 0 < value < 2**63:
+        raise pagination.BadParameter(name, "must be a positive integer id")
+    return value
+
+
+def _dumps(value: object) -> str:
+    import json
+    from datetime import datetime
+    from decimal import Decimal
+
+    def default(o: object) -> object:
+        if isinstance(o, datetime):
+            return o.isoformat()
+        if isinstance(o, Decimal):
+            return float(o)
+        raise TypeError(type(o).__name__)
+
+    return json.dumps(value, default=default, ensure_ascii=False)

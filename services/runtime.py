@@ -1,0 +1,89 @@
+"""Runtime: settings + database pool (+ embedded Postgres) + Redis, opened and closed together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from db import embedded, migrate
+from db import pool as db_pool
+from services import tenants
+from services.settings import Settings
+
+log = logging.getLogger("parley.runtime")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    dsn: str
+    pool: asyncpg.Pool
+    redis: aioredis.Redis | None
+    api_key: str
+    default_tenant_id: int
+
+
+def operator_api_key(settings: Settings) -> str:
+    """PARLEY_API_KEY, or a key generated once and kept (mode 0600) under PARLEY_HOME."""
+    if settings.parley_api_key is not None:
+        return settings.parley_api_key.get_secret_value()
+    path = Path(settings.parley_home) / "api-key"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    log.warning("PARLEY_API_KEY is not set: generated an operator API key", extra={"path": str(path)})
+    return key
+
+
+@asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[str]:
+    """The database's DSN: DATABASE_URL, or the embedded server, started here and stopped on exit."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    server = embedded.EmbeddedPostgres(Path(settings.parley_home) / "pg")
+    dsn = await asyncio.to_thread(server.start)
+    try:
+        yield dsn
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def apply_migrations(dsn: str) -> list[str]:
+    conn = await db_pool.connect(dsn)
+    try:
+        return await migrate.apply(conn)
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """Open every shared resource (migrating the database first); close them in reverse order."""
+    async with database(settings) as dsn:
+        await apply_migrations(dsn)
+        pool = await db_pool.create(dsn, settings.db_pool_size)
+        redis_client = None
+        try:
+            if settings.redis_url:
+                redis_client = aioredis.from_url(settings.redis_url, socket_timeout=2,
+                                                 socket_connect_timeout=2)
+            tenant_id = await tenants.bootstrap_default(pool, settings)
+            yield Runtime(settings, dsn, pool, redis_client, operator_api_key(settings), tenant_id)
+        finally:
+            if redis_client is not None:
+                await redis_client.aclose()
+            await pool.close()

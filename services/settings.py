@@ -1,0 +1,136 @@
+"""One settings model, read once in main() and passed explicitly. Names are part of the public contract."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ModelPrice(BaseModel):
+    """USD per million tokens."""
+
+    input: Decimal
+    output: Decimal
+
+
+DEFAULT_PRICES: dict[str, ModelPrice] = {
+    "gpt-4o-mini": ModelPrice(input=Decimal("0.15"), output=Decimal("0.60")),
+    "gpt-4o": ModelPrice(input=Decimal("2.50"), output=Decimal("10.00")),
+    "gpt-4.1-mini": ModelPrice(input=Decimal("0.40"), output=Decimal("1.60")),
+    "gpt-4.1-nano": ModelPrice(input=Decimal("0.10"), output=Decimal("0.40")),
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    database_url: str | None = Field(None, alias="DATABASE_URL")
+    redis_url: str | None = Field(None, alias="REDIS_URL")
+    parley_home: Path = Field(Path("./.parley"), alias="PARLEY_HOME")
+    parley_api_key: SecretStr | None = Field(None, alias="PARLEY_API_KEY")
+    public_base_url: AnyHttpUrl | None = Field(None, alias="PUBLIC_BASE_URL")
+    trust_proxy: bool = Field(False, alias="TRUST_PROXY")
+
+    twilio_account_sid: str | None = Field(None, alias="TWILIO_ACCOUNT_SID", pattern=r"^AC[0-9a-fA-F]{32}$")
+    twilio_auth_token: SecretStr | None = Field(None, alias="TWILIO_AUTH_TOKEN")
+    whatsapp_app_secret: SecretStr | None = Field(None, alias="WHATSAPP_APP_SECRET")
+    whatsapp_verify_token: SecretStr | None = Field(None, alias="WHATSAPP_VERIFY_TOKEN")
+    whatsapp_access_token: SecretStr | None = Field(None, alias="WHATSAPP_ACCESS_TOKEN")
+    whatsapp_phone_number_id: str | None = Field(None, alias="WHATSAPP_PHONE_NUMBER_ID", pattern=r"^[0-9]+$")
+
+    openai_api_key: SecretStr | None = Field(None, alias="OPENAI_API_KEY")
+    openai_base_url: AnyHttpUrl | None = Field(None, alias="OPENAI_BASE_URL")
+    openai_model: str = Field("gpt-4o-mini", alias="OPENAI_MODEL")
+    openai_timeout_s: Annotated[float, Field(gt=0)] = Field(10.0, alias="OPENAI_TIMEOUT_S")
+    openai_max_retries: Annotated[int, Field(ge=0, le=10)] = Field(2, alias="OPENAI_MAX_RETRIES")
+    # USD per million tokens, by model; JSON in the environment.
+    openai_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES),
+                                                 alias="OPENAI_PRICES")
+
+    tenant_name: str = Field("Default", alias="PARLEY_TENANT_NAME")
+    help_text: str = Field(
+        "Reply STOP to unsubscribe, START to resubscribe. Msg&data rates may apply.",
+        alias="PARLEY_HELP_TEXT",
+    )
+    log_level: str = Field("INFO", alias="PARLEY_LOG_LEVEL", pattern=r"^(?i)(DEBUG|INFO|WARNING|ERROR)$")
+    max_body_bytes: Annotated[int, Field(gt=0)] = Field(1024 * 1024, alias="PARLEY_MAX_BODY_BYTES")
+    db_pool_size: Annotated[int, Field(ge=2, le=200)] = Field(10, alias="PARLEY_DB_POOL_SIZE")
+    workers: Annotated[int, Field(ge=0, le=64)] = Field(1, alias="PARLEY_WORKERS")
+    worker_concurrency: Annotated[int, Field(ge=1, le=256)] = Field(8, alias="PARLEY_WORKER_CONCURRENCY")
+    task_lease_s: Annotated[float, Field(gt=0)] = Field(60.0, alias="PARLEY_TASK_LEASE_S")
+    task_max_attempts: Annotated[int, Field(ge=1, le=50)] = Field(5, alias="PARLEY_TASK_MAX_ATTEMPTS")
+    poll_interval_s: Annotated[float, Field(gt=0)] = Field(1.0, alias="PARLEY_POLL_INTERVAL_S")
+
+    @field_validator("database_url", "redis_url", "twilio_account_sid", "whatsapp_phone_number_id",
+                     mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("twilio_auth_token", "whatsapp_app_secret", "whatsapp_verify_token",
+                     "whatsapp_access_token", "openai_api_key", "parley_api_key", "public_base_url",
+                     "openai_base_url", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgres://", "postgresql://")):
+            raise ValueError("must be a postgres:// or postgresql:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Settings:
+        # A half-configured channel would accept webhooks it cannot verify: refuse to start instead.
+        if self.twilio_account_sid and not self.twilio_auth_token:
+            raise ValueError("TWILIO_AUTH_TOKEN is required when TWILIO_ACCOUNT_SID is set")
+        if self.twilio_auth_token and not self.twilio_account_sid:
+            raise ValueError("TWILIO_ACCOUNT_SID is required when TWILIO_AUTH_TOKEN is set")
+        if self.whatsapp_phone_number_id:
+            for name in ("whatsapp_app_secret", "whatsapp_verify_token"):
+                if getattr(self, name) is None:
+                    raise ValueError(f"{name.upper()} is required when WHATSAPP_PHONE_NUMBER_ID is set")
+        return self
+
+    @property
+    def public_base(self) -> str | None:
+        return str(self.public_base_url).rstrip("/") if self.public_base_url else None
+
+
+class SettingsError(Exception):
+    """Start-up configuration problem, reported as one line naming the setting."""
+
+
+def load(**overrides: object) -> Settings:
+    """Read settings from the environment; turn validation errors into one clear line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if not first["loc"]:  # a cross-field rule: its message names the setting
+            raise SettingsError(f"missing setting {first['msg'].removeprefix('Value error, ')}") from None
+        name = str(first["loc"][0])
+        field = Settings.model_fields.get(name)
+        env_name = field.alias if field and field.alias else name.upper()
+        raise SettingsError(f"invalid setting {env_name}: {first['msg']}") from None

@@ -1,0 +1,42 @@
+"""The aiohttp application: webhooks, operator API, and (in `parley serve`) the agent workers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from services import appkeys
+from services import runtime as runtime_mod
+from services.httperrors import error_middleware
+from services.inbound import webhooks
+from services.inbound.directory import Directory
+from services.ops import api
+from services.settings import Settings
+
+BackgroundFactory = Callable[[web.Application], AsyncIterator[None]]
+
+
+def create_app(settings: Settings, *, background: tuple[BackgroundFactory, ...] = ()) -> web.Application:
+    """Build the app; no I/O happens until it starts (every resource opens in a cleanup_ctx)."""
+    app = web.Application(client_max_size=settings.max_body_bytes,
+                          middlewares=[error_middleware, api.auth_middleware])
+    app[appkeys.SETTINGS] = settings
+    app.add_routes(webhooks.routes())
+    app.add_routes(api.routes())
+
+    async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with runtime_mod.open_runtime(settings) as runtime:
+            app[appkeys.RUNTIME] = runtime
+            app[appkeys.DIRECTORY] = Directory(runtime.pool)
+            yield
+
+    app.cleanup_ctx.append(runtime_ctx)
+    for factory in background:
+        app.cleanup_ctx.append(factory)
+    return app
+
+
+def default_background(settings: Settings) -> tuple[BackgroundFactory, ...]:
+    """What `parley serve` runs beside the HTTP server."""
+    return ()
