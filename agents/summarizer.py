@@ -204,6 +204,14 @@ def _score(candidate: _Candidate, frequency: Counter[str], top_frequency: int, c
     return score
 
 
+def _redundancy(candidate: _Candidate, selected: list[_Candidate]) -> float:
+    """The highest word overlap (Jaccard) between `candidate` and any selected sentence."""
+    words = candidate.content_words
+    if not words:
+        return 0.0
+    return max((len(words & s.content_words) / len(words | s.content_words) for s in selected), default=0.0)
+
+
 def _render(selected: list[_Candidate]) -> str:
     parts: list[str] = []
     speaker: str | None = None
@@ -217,6 +225,8 @@ def _render(selected: list[_Candidate]) -> str:
 
 # Below this a sentence is a pleasantry ("Hi!", "Thanks") or too vague to be worth remembering.
 _MIN_SCORE = 1.0
+# Share of words in common (Jaccard) above which a sentence adds nothing to one already kept.
+_NEAR_DUPLICATE = 0.6
 
 
 class LocalSummarizer:
@@ -232,16 +242,30 @@ class LocalSummarizer:
         for candidate in candidates:
             frequency.update(candidate.content_words)
         top_frequency = max(frequency.values(), default=1)
-        scored = sorted(
-            ((_score(c, frequency, top_frequency, len(candidates)), c) for c in candidates),
-            key=lambda pair: (-pair[0], -pair[1].position),
-        )
+        remaining = {
+            c.position: (score, c)
+            for c in candidates
+            if (score := _score(c, frequency, top_frequency, len(candidates))) >= _MIN_SCORE
+        }
         selected: list[_Candidate] = []
-        for score, candidate in scored:
+        # Maximal marginal relevance: a sentence repeating what is already kept is worth less (and a
+        # near-duplicate nothing), so ten similar messages cannot push a one-off fact, a name say, out.
+        while remaining:
+            ranked: list[tuple[float, _Candidate]] = []
+            for score, candidate in list(remaining.values()):
+                redundancy = _redundancy(candidate, selected)
+                if redundancy >= _NEAR_DUPLICATE:
+                    del remaining[candidate.position]
+                else:
+                    ranked.append((score * (1.0 - redundancy), candidate))
+            if not ranked:
+                break
+            score, best = max(ranked, key=lambda pair: (pair[0], pair[1].position))
             if score < _MIN_SCORE:
                 break
-            if len(_render([*selected, candidate])) <= self._max_chars:
-                selected.append(candidate)
+            del remaining[best.position]
+            if len(_render([*selected, best])) <= self._max_chars:
+                selected.append(best)
         return Summary(_clip_words(_render(selected), self._max_chars), implementation="local")
 
     async def summarize(self, previous_summary: str | None, messages: Sequence[SummaryInput]) -> Summary:

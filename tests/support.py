@@ -21,7 +21,7 @@ AUTH_TOKEN = "twilio-auth-token-7f3a9c2e5b1d"
 APP_SECRET = "meta-app-secret-4b8e2f6a1c9d"
 VERIFY_TOKEN = "meta-verify-token-93b1e7"
 ACCESS_TOKEN = "meta-access-token-EAAG5d8c1f"
-PHONE_NUMBER_ID = "1122334455667"
+PHONE_NUMBER_ID = "209876543210987"  # the number in tests/testdata/whatsapp_cloud
 API_KEY = "operator-api-key-2c7e9a4f"
 PUBLIC_BASE = "https://parley.example.com"
 

@@ -465,9 +465,7 @@ def verify_handshake(params: Mapping[str, str], verify_token: str) -> str | None
     if mode != "subscribe" or not verify_token or token is None or not challenge:
         return None
     # surrogatepass: a query string decoded with surrogateescape must not make this raise.
-    if not hmac.compare_digest(
-        token.encode("utf-8", "surrogatepass"), verify_token.encode("utf-8", "surrogatepass")
-    ):
+    if not hmac.compare_digest(token.encode("utf-8", "surrogatepass"), verify_token.encode("utf-8", "surrogatepass")):
         return None
     return challenge
 
@@ -511,9 +509,7 @@ def parse_webhook(body: bytes) -> WebhookBatch:
                 ignored += 1
                 continue
             for m, message in enumerate(value.messages):
-                messages.append(
-                    _inbound(message, raw_value, m, entry.id, value, f"{path}.messages[{m}]")
-                )
+                messages.append(_inbound(message, raw_value, m, entry.id, value, f"{path}.messages[{m}]"))
             for s, status in enumerate(value.statuses):
                 update = _status(status, raw_value["statuses"][s], raw_value, entry.id, value)
                 if update is None:
@@ -597,9 +593,7 @@ def _inbound(
     contact = value.contacts[contact_index] if contact_index is not None else None
     sender = _sender(message, contact)
     if not sender.identified:
-        raise base.PayloadError(
-            f"{path}.from", "no usable sender: no phone number, from_user_id / user_id or username"
-        )
+        raise base.PayloadError(f"{path}.from", "no usable sender: no phone number, from_user_id / user_id or username")
 
     value_errors: list[Any] = raw_value.get("errors") or []
     message_type, body, media, details = _content(message, raw_message, value_errors, path)
@@ -644,9 +638,7 @@ def _match_contact(message: Message, contacts: list[Contact]) -> int | None:
         only = contacts[0]
         # The lone contact is the sender unless an identifier present on both sides disagrees.
         clash_phone = bool(message.from_ and only.wa_id and only.wa_id != message.from_)
-        clash_bsuid = bool(
-            message.from_user_id and only.user_id and only.user_id != message.from_user_id
-        )
+        clash_bsuid = bool(message.from_user_id and only.user_id and only.user_id != message.from_user_id)
         if not (clash_phone or clash_bsuid):
             return 0
     return None
@@ -659,8 +651,7 @@ def _sender(message: Message, contact: Contact | None) -> base.Sender:
         phone=phone.to_e164(wa_id),
         wa_id=wa_id,
         wa_user_id=message.from_user_id or (contact.user_id if contact else None),
-        wa_parent_user_id=message.from_parent_user_id
-        or (contact.parent_user_id if contact else None),
+        wa_parent_user_id=message.from_parent_user_id or (contact.parent_user_id if contact else None),
         username=profile.username if profile else None,
         profile_name=profile.name if profile else None,
     )
@@ -669,9 +660,7 @@ def _sender(message: Message, contact: Contact | None) -> base.Sender:
 _Content = tuple[base.MessageType, str | None, tuple[base.Media, ...], dict[str, Any]]
 
 
-def _content(
-    message: Message, raw_message: dict[str, Any], value_errors: list[Any], path: str
-) -> _Content:
+def _content(message: Message, raw_message: dict[str, Any], value_errors: list[Any], path: str) -> _Content:
     kind = message.type
     payload = raw_message.get(kind)
     if payload is None:
@@ -707,9 +696,7 @@ def _content(
         reaction = _validate(ReactionObject, payload, at)
         # Un-reacting arrives as the same message type with "emoji": "" (or no emoji at all).
         emoji = reaction.emoji or None
-        details = {
-            "reaction": {"message_id": reaction.message_id, "emoji": emoji, "removed": emoji is None}
-        }
+        details = {"reaction": {"message_id": reaction.message_id, "emoji": emoji, "removed": emoji is None}}
         return base.MessageType.REACTION, None, (), details
 
     if kind == "interactive":

@@ -11,7 +11,7 @@ import pytest
 from agents import summarizer
 from agents.summarizer import Direction, LocalSummarizer, OpenAISummarizer, SummaryInput
 from tests.fakes import openai_server as fake
-from tests.fakes.openai_server import FakeOpenAI, openai_server  # noqa: F401 - fixture
+from tests.fakes.openai_server import FakeOpenAI
 
 API_KEY = "sk-test-summarizer-0123456789abcdef"
 MODEL = "gpt-4o-mini"
@@ -65,9 +65,12 @@ async def test_local_summary_keeps_conversation_order_and_says_who_said_what() -
 
 
 async def test_local_summary_respects_its_length_cap_on_a_long_conversation() -> None:
+    items = ["oranges", "apples", "pears", "lemons", "melons", "grapes", "plums", "kiwis", "figs", "limes"]
+    days = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]
     long_conversation = conversation(
-        *[("in", f"I would like {n} boxes of oranges delivered to Lyon on Friday.") for n in range(80)],
+        *[("in", f"Add {n + 2} crates of {items[n % 10]} for {days[n % 5]} delivery.") for n in range(40)],
         ("in", "My name is Claire Dubois, I'm the buyer."),
+        *[("in", f"I would like {n} boxes of oranges delivered to Lyon on Friday.") for n in range(40)],
     )
 
     summary = await LocalSummarizer().summarize("Claire runs a grocery chain.", long_conversation)
@@ -116,7 +119,7 @@ async def test_local_summary_ignores_media_only_messages() -> None:
 
 @pytest.fixture
 async def make_summarizer(
-    openai_server: FakeOpenAI,  # noqa: F811 - the imported fixture
+    openai_server: FakeOpenAI,
 ) -> AsyncIterator[Callable[..., OpenAISummarizer]]:
     made: list[OpenAISummarizer] = []
 
@@ -141,7 +144,7 @@ async def make_summarizer(
 
 
 async def test_openai_summary_returns_the_model_text_and_token_usage(
-    openai_server: FakeOpenAI,  # noqa: F811
+    openai_server: FakeOpenAI,
     make_summarizer: Callable[..., OpenAISummarizer],
 ) -> None:
     written = "Ana Ruiz has a leaking kitchen sink; visit booked Tuesday 4pm at 12 Baker Street."
@@ -153,7 +156,7 @@ async def test_openai_summary_returns_the_model_text_and_token_usage(
 
 
 async def test_openai_summary_request_carries_model_previous_summary_and_new_messages(
-    openai_server: FakeOpenAI,  # noqa: F811
+    openai_server: FakeOpenAI,
     make_summarizer: Callable[..., OpenAISummarizer],
 ) -> None:
     openai_server.script(fake.reply("Ana Ruiz needs a plumber."))
@@ -169,7 +172,7 @@ async def test_openai_summary_request_carries_model_previous_summary_and_new_mes
 
 
 async def test_openai_summary_longer_than_the_cap_is_clipped(
-    openai_server: FakeOpenAI,  # noqa: F811
+    openai_server: FakeOpenAI,
     make_summarizer: Callable[..., OpenAISummarizer],
 ) -> None:
     openai_server.script(fake.reply("Ana needs a plumber. " * 100))
@@ -181,7 +184,7 @@ async def test_openai_summary_longer_than_the_cap_is_clipped(
 
 
 async def test_openai_summarizer_makes_no_call_when_there_is_nothing_new(
-    openai_server: FakeOpenAI,  # noqa: F811
+    openai_server: FakeOpenAI,
     make_summarizer: Callable[..., OpenAISummarizer],
 ) -> None:
     photo_only = [SummaryInput(Direction.INBOUND, None, START)]
@@ -207,7 +210,7 @@ FAILURES = [
 
 @pytest.mark.parametrize(("behaviour", "reason"), FAILURES)
 async def test_openai_summary_failure_falls_back_to_the_local_summary(
-    openai_server: FakeOpenAI,  # noqa: F811
+    openai_server: FakeOpenAI,
     make_summarizer: Callable[..., OpenAISummarizer],
     behaviour: fake.Behaviour,
     reason: str,
@@ -221,7 +224,7 @@ async def test_openai_summary_failure_falls_back_to_the_local_summary(
 
 
 async def test_openai_summary_times_out_and_falls_back(
-    openai_server: FakeOpenAI,  # noqa: F811
+    openai_server: FakeOpenAI,
     make_summarizer: Callable[..., OpenAISummarizer],
 ) -> None:
     openai_server.script(fake.delay(5.0, then=fake.reply("too late")))
@@ -241,7 +244,7 @@ async def test_openai_summary_falls_back_when_the_server_is_unreachable(
 
 
 async def test_openai_summary_fallback_never_logs_the_api_key(
-    openai_server: FakeOpenAI,  # noqa: F811
+    openai_server: FakeOpenAI,
     make_summarizer: Callable[..., OpenAISummarizer],
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -46,7 +46,8 @@ def _body(name: str) -> bytes:
 
 
 def _doc(name: str) -> dict[str, Any]:
-    return json.loads(_body(name))
+    doc: dict[str, Any] = json.loads(_body(name))
+    return doc
 
 
 def _encode(doc: Any) -> bytes:
@@ -84,18 +85,14 @@ MESSAGE_CASES = [
         base.MessageType.TEXT,
         "Can I move my booking to Friday?",
         _wamid("VFhUMDAy"),
-        sender=dataclasses.replace(
-            AMARA, wa_user_id=BSUID, wa_parent_user_id=PARENT_BSUID, username="@amara.o"
-        ),
+        sender=dataclasses.replace(AMARA, wa_user_id=BSUID, wa_parent_user_id=PARENT_BSUID, username="@amara.o"),
     ),
     MessageCase(
         "username_only",
         base.MessageType.TEXT,
         "hi, saw your ad - do you deliver?",
         _wamid("VVNSMDAx"),
-        sender=base.Sender(
-            wa_user_id="US.71829304615273849102", username="@lakeside.lena", profile_name="Lena"
-        ),
+        sender=base.Sender(wa_user_id="US.71829304615273849102", username="@lakeside.lena", profile_name="Lena"),
     ),
     MessageCase(
         "reply_context",
@@ -368,7 +365,8 @@ def _text_doc() -> dict[str, Any]:
 
 
 def _value(doc: dict[str, Any]) -> dict[str, Any]:
-    return doc["entry"][0]["changes"][0]["value"]
+    value: dict[str, Any] = doc["entry"][0]["changes"][0]["value"]
+    return value
 
 
 def test_sender_with_only_from_user_id_and_no_contacts_is_identified_by_bsuid() -> None:
@@ -514,7 +512,7 @@ def test_empty_entry_list_is_an_empty_batch() -> None:
 def test_unknown_extra_fields_at_every_level_are_tolerated() -> None:
     for name in [c.file for c in MESSAGE_CASES] + ["batch", "status_failed"]:
         doc = _doc(name)
-        for node in _objects(doc):
+        for node in list(_objects(doc)):
             node["added_by_meta_in_2027"] = {"nested": [1, 2, 3]}
 
         expected = whatsapp_cloud.parse_webhook(_body(name))
@@ -578,9 +576,7 @@ STATUS_CASES = [
         error_code="131047",
         error_message="Re-engagement message",
     ),
-    StatusCase(
-        "status_recipient_user_id_only", base.MessageStatus.DELIVERED, 1776329504, "US.71829304615273849102"
-    ),
+    StatusCase("status_recipient_user_id_only", base.MessageStatus.DELIVERED, 1776329504, "US.71829304615273849102"),
 ]
 
 
@@ -650,7 +646,8 @@ V = "entry[0].changes[0].value"
 
 
 def _msg0(doc: dict[str, Any]) -> dict[str, Any]:
-    return _value(doc)["messages"][0]
+    message: dict[str, Any] = _value(doc)["messages"][0]
+    return message
 
 
 def _set(getter: Callable[[dict[str, Any]], dict[str, Any]], key: str, value: Any) -> Mutation:
@@ -672,16 +669,19 @@ def _root(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _entry0(doc: dict[str, Any]) -> dict[str, Any]:
-    return doc["entry"][0]
+    entry: dict[str, Any] = doc["entry"][0]
+    return entry
 
 
 def _change0(doc: dict[str, Any]) -> dict[str, Any]:
-    return doc["entry"][0]["changes"][0]
+    change: dict[str, Any] = doc["entry"][0]["changes"][0]
+    return change
 
 
 def _payload(doc: dict[str, Any]) -> dict[str, Any]:
     message = _msg0(doc)
-    return message[message["type"]]
+    payload: dict[str, Any] = message[message["type"]]
+    return payload
 
 
 def _drop_sender(doc: dict[str, Any]) -> None:
@@ -745,7 +745,13 @@ FAILURE_CASES: list[tuple[str, str, Mutation, str, str]] = [
     ("text body a number", "text", _set(_payload, "body", 5), f"{V}.messages[0].text.body", "must be a string"),
     ("text not an object", "text", _set(_msg0, "text", "hi"), f"{V}.messages[0].text", "must be a JSON object"),
     ("no sender at all", "text", _drop_sender, f"{V}.messages[0].from", "no usable sender"),
-    ("context not an object", "text", _set(_msg0, "context", "re"), f"{V}.messages[0].context", "must be a JSON object"),
+    (
+        "context not an object",
+        "text",
+        _set(_msg0, "context", "re"),
+        f"{V}.messages[0].context",
+        "must be a JSON object",
+    ),
     ("media id missing", "image", _del(_payload, "id"), f"{V}.messages[0].image.id", "required field is missing"),
     (
         "document filename a list",
@@ -893,8 +899,17 @@ def test_malformed_payload_names_the_json_path_at_fault(
         b'{"object": "whatsapp_business_account", "entry": [], "x": "\\ud83d"}',
         b"[" * 100_000,
     ],
-    ids=["empty", "truncated", "text", "not utf-8", "NaN", "Infinity", "overflowing float",
-         "lone surrogate", "nested too deep"],
+    ids=[
+        "empty",
+        "truncated",
+        "text",
+        "not utf-8",
+        "NaN",
+        "Infinity",
+        "overflowing float",
+        "lone surrogate",
+        "nested too deep",
+    ],
 )
 def test_invalid_json_body_is_a_payload_error_on_body(body: bytes) -> None:
     with pytest.raises(base.PayloadError) as exc:
@@ -1049,11 +1064,40 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
     max_leaves=20,
 )
-_KEYS = ["object", "entry", "id", "changes", "field", "value", "metadata", "phone_number_id", "contacts",
-         "messages", "statuses", "errors", "from", "from_user_id", "timestamp", "type", "text", "body",
-         "wa_id", "user_id", "profile", "username", "status", "image", "interactive", "reaction", "location"]
+_KEYS = [
+    "object",
+    "entry",
+    "id",
+    "changes",
+    "field",
+    "value",
+    "metadata",
+    "phone_number_id",
+    "contacts",
+    "messages",
+    "statuses",
+    "errors",
+    "from",
+    "from_user_id",
+    "timestamp",
+    "type",
+    "text",
+    "body",
+    "wa_id",
+    "user_id",
+    "profile",
+    "username",
+    "status",
+    "image",
+    "interactive",
+    "reaction",
+    "location",
+]
 envelope_like = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=8)
     | st.sampled_from(["whatsapp_business_account", "messages", "text", "1776329412", "447700900123", "sent"]),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), children, max_size=5),
     max_leaves=40,
