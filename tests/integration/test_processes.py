@@ -1,0 +1,123 @@
+"""The `parley` command as users run it: settings errors, migrate, serve on the embedded default."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests import support
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PARLEY_", "TWILIO_", "WHATSAPP_", "OPENAI_"))}
+    env.pop("DATABASE_URL", None)
+    env.update({"PARLEY_HOME": str(tmp_path / "home")}, **extra)
+    return env
+
+
+def _parley(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize(("extra", "name"), [
+    ({"TWILIO_ACCOUNT_SID": "not-a-sid"}, "TWILIO_ACCOUNT_SID"),
+    ({"TWILIO_ACCOUNT_SID": support.ACCOUNT_SID}, "TWILIO_AUTH_TOKEN"),
+    ({"DATABASE_URL": "mysql://localhost/x"}, "DATABASE_URL"),
+    ({"PARLEY_WORKERS": "lots"}, "PARLEY_WORKERS"),
+    ({"WHATSAPP_PHONE_NUMBER_ID": "123"}, "WHATSAPP_APP_SECRET"),
+])
+def test_invalid_setting_stops_start_up_with_one_line_naming_it(tmp_path, extra, name):
+    result = _parley("serve", env=_env(tmp_path, **extra))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0], result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_serve_on_the_embedded_default_persists_across_restarts_and_keeps_secrets_out_of_logs(tmp_path):
+    port = _free_port()
+    env = _env(tmp_path, TWILIO_ACCOUNT_SID=support.ACCOUNT_SID, TWILIO_AUTH_TOKEN=support.AUTH_TOKEN,
+               PARLEY_API_KEY=support.API_KEY, WHATSAPP_PHONE_NUMBER_ID=support.PHONE_NUMBER_ID,
+               WHATSAPP_APP_SECRET=support.APP_SECRET, WHATSAPP_VERIFY_TOKEN=support.VERIFY_TOKEN,
+               WHATSAPP_ACCESS_TOKEN=support.ACCESS_TOKEN, PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+               PARLEY_LOG_LEVEL="DEBUG")
+    base = f"http://127.0.0.1:{port}"
+    logs = ""
+    for round_ in range(2):
+        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(port)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if _get(base + "/readyz")[0] == 200:
+                        break
+                except OSError:
+                    time.sleep(0.2)
+            else:
+                pytest.fail("parley serve did not become ready")
+            sid = f"SM{round_:032x}"
+            body, headers = support.twilio_request(support.sms_pairs("persist me", sid), url=base + "/webhooks/twilio")
+            req = urllib.request.Request(base + "/webhooks/twilio", data=body, headers=headers, method="POST")
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status == 200
+            # Meta's handshake puts the verify token in the query string: it must not reach a log line.
+            _get(base + f"/webhooks/whatsapp?hub.mode=subscribe&hub.challenge=1&hub.verify_token={support.VERIFY_TOKEN}")
+            status, data = _get(base + "/api/conversations?phone=%2B14155550101",
+                                {"Authorization": f"Bearer {support.API_KEY}"})
+            assert status == 200
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+            logs += out + err
+        assert proc.returncode == 0, err[-2000:]
+    # The second process found the first one's message: the embedded database persisted.
+    import json
+    conv = json.loads(data)["items"][0]
+    assert (tmp_path / "home" / "pg" / "PG_VERSION").exists()
+    env_ok = {"Authorization": f"Bearer {support.API_KEY}"}
+    # Start once more only to read: both messages are there.
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if _get(base + "/readyz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        status, data = _get(base + f"/api/conversations/{conv['id']}/messages", env_ok)
+        assert [m["provider_message_id"] for m in json.loads(data)["items"]] == [f"SM{0:032x}", f"SM{1:032x}"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        logs += out + err
+    assert "inbound stored" in logs
+    for secret in (support.AUTH_TOKEN, support.API_KEY, support.APP_SECRET, support.VERIFY_TOKEN,
+                   support.ACCESS_TOKEN):
+        assert secret not in logs
+    assert "+14155550101" not in logs
