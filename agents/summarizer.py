@@ -28,6 +28,9 @@ from agents.intent import openai_classifier
 SUMMARY_MAX_CHARS = 600
 # One run-on message must not crowd every other fact out of the summary.
 _MAX_SENTENCE_CHARS = SUMMARY_MAX_CHARS // 2
+# Bounds the local summarizer's work (it is quadratic in sentences): older sentences than these are
+# expected to be in the previous summary already.
+_MAX_NEW_SENTENCES = 300
 # Bounds what one OpenAI summary sends.
 _MAX_LLM_MESSAGES = 50
 _MAX_LLM_MESSAGE_CHARS = 1_000
@@ -167,10 +170,13 @@ def _candidates(previous_summary: str | None, messages: Sequence[SummaryInput]) 
 
     for sentence in _sentences(previous_summary or ""):
         add(sentence, None, True, False)
-    for message in sorted(messages, key=lambda m: m.created_at):
-        inbound = message.direction == Direction.INBOUND
-        for sentence in _sentences(message.body or ""):
-            add(sentence, "Contact" if inbound else "Agent", False, inbound)
+    new = [
+        (sentence, message.direction == Direction.INBOUND)
+        for message in sorted(messages, key=lambda m: m.created_at)
+        for sentence in _sentences(message.body or "")
+    ]
+    for sentence, inbound in new[-_MAX_NEW_SENTENCES:]:
+        add(sentence, "Contact" if inbound else "Agent", False, inbound)
     return candidates
 
 
@@ -204,12 +210,11 @@ def _score(candidate: _Candidate, frequency: Counter[str], top_frequency: int, c
     return score
 
 
-def _redundancy(candidate: _Candidate, selected: list[_Candidate]) -> float:
-    """The highest word overlap (Jaccard) between `candidate` and any selected sentence."""
-    words = candidate.content_words
-    if not words:
+def _overlap(a: _Candidate, b: _Candidate) -> float:
+    """Share of words in common (Jaccard) between two sentences."""
+    if not a.content_words or not b.content_words:
         return 0.0
-    return max((len(words & s.content_words) / len(words | s.content_words) for s in selected), default=0.0)
+    return len(a.content_words & b.content_words) / len(a.content_words | b.content_words)
 
 
 def _render(selected: list[_Candidate]) -> str:
@@ -247,26 +252,29 @@ class LocalSummarizer:
             for c in candidates
             if (score := _score(c, frequency, top_frequency, len(candidates))) >= _MIN_SCORE
         }
-        selected: list[_Candidate] = []
         # Maximal marginal relevance: a sentence repeating what is already kept is worth less (and a
         # near-duplicate nothing), so ten similar messages cannot push a one-off fact, a name say, out.
+        # `redundancy` only grows, so it is updated against each newly kept sentence alone.
+        redundancy = dict.fromkeys(remaining, 0.0)
+        selected: list[_Candidate] = []
+        rendered = ""
         while remaining:
-            ranked: list[tuple[float, _Candidate]] = []
-            for score, candidate in list(remaining.values()):
-                redundancy = _redundancy(candidate, selected)
-                if redundancy >= _NEAR_DUPLICATE:
-                    del remaining[candidate.position]
-                else:
-                    ranked.append((score * (1.0 - redundancy), candidate))
-            if not ranked:
+            position = max(remaining, key=lambda p: (remaining[p][0] * (1.0 - redundancy[p]), p))
+            score, best = remaining.pop(position)
+            if score * (1.0 - redundancy[position]) < _MIN_SCORE:
                 break
-            score, best = max(ranked, key=lambda pair: (pair[0], pair[1].position))
-            if score < _MIN_SCORE:
-                break
-            del remaining[best.position]
-            if len(_render([*selected, best])) <= self._max_chars:
-                selected.append(best)
-        return Summary(_clip_words(_render(selected), self._max_chars), implementation="local")
+            attempt = _render([*selected, best])
+            if len(attempt) > self._max_chars:
+                continue
+            selected.append(best)
+            rendered = attempt
+            room = self._max_chars - len(rendered)
+            for other, (_, candidate) in list(remaining.items()):
+                redundancy[other] = max(redundancy[other], _overlap(candidate, best))
+                # " Agent: " is the most a sentence adds besides its own text.
+                if redundancy[other] >= _NEAR_DUPLICATE or len(candidate.text) + 8 > room:
+                    del remaining[other]
+        return Summary(_clip_words(rendered, self._max_chars), implementation="local")
 
     async def summarize(self, previous_summary: str | None, messages: Sequence[SummaryInput]) -> Summary:
         """The summary of `previous_summary` followed by `messages`; never raises, no network."""

@@ -56,6 +56,51 @@ def migrate(args: argparse.Namespace) -> None:
     asyncio.run(run())
 
 
+def worker(args: argparse.Namespace) -> None:
+    import signal
+
+    from agents import service
+    from services import runtime as runtime_mod
+
+    s = _load()
+    if args.workers is not None:
+        s = s.model_copy(update={"workers": args.workers})
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # SIGTERM/SIGINT: stop claiming, finish in-flight tasks, exit.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with runtime_mod.open_runtime(s) as rt:
+            await service.run_workers(s, rt.pool, rt.dsn, stop)
+
+    asyncio.run(run())
+
+
+def classify(args: argparse.Namespace) -> None:
+    import json
+
+    from agents.intent import select
+
+    s = _load()
+    classifier = select.from_settings(s)
+
+    async def run() -> None:
+        for line in sys.stdin:
+            text = line.rstrip("\n")
+            if not text.strip():
+                continue
+            result = await classifier.classify(text)
+            out = {"text": text, "intent": result.intent.value, "confidence": round(result.confidence, 4),
+                   "language": result.language, "implementation": result.implementation}
+            if result.fallback_reason:
+                out["fallback_reason"] = result.fallback_reason
+            print(json.dumps(out, ensure_ascii=False), flush=True)
+
+    asyncio.run(run())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="parley", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +110,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p_serve.set_defaults(func=serve)
     p_migrate = sub.add_parser("migrate", help="apply database migrations and exit")
     p_migrate.set_defaults(func=migrate)
+    p_worker = sub.add_parser("worker", help="agent workers only (run any number of these processes)")
+    p_worker.add_argument("--workers", type=int, default=None, help="workers in this process (PARLEY_WORKERS)")
+    p_worker.set_defaults(func=worker)
+    p_classify = sub.add_parser("classify", help="classify messages read one per line on stdin (JSON lines out)")
+    p_classify.set_defaults(func=classify)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -11,7 +11,7 @@ from services import runtime as runtime_mod
 from services.httperrors import error_middleware
 from services.inbound import webhooks
 from services.inbound.directory import Directory
-from services.ops import api
+from services.ops import agents_api, api
 from services.settings import Settings
 
 BackgroundFactory = Callable[[web.Application], AsyncIterator[None]]
@@ -24,6 +24,7 @@ def create_app(settings: Settings, *, background: tuple[BackgroundFactory, ...] 
     app[appkeys.SETTINGS] = settings
     app.add_routes(webhooks.routes())
     app.add_routes(api.routes())
+    app.add_routes(agents_api.routes())
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         async with runtime_mod.open_runtime(settings) as runtime:
@@ -38,5 +39,7 @@ def create_app(settings: Settings, *, background: tuple[BackgroundFactory, ...] 
 
 
 def default_background(settings: Settings) -> tuple[BackgroundFactory, ...]:
-    """What `parley serve` runs beside the HTTP server."""
-    return ()
+    """What `parley serve` runs beside the HTTP server: the agent workers (PARLEY_WORKERS, default 1)."""
+    from agents import service
+
+    return (service.background(settings),) if settings.workers > 0 else ()

@@ -256,13 +256,17 @@ _OPT_OUT_PHRASES = tuple(
         r"|textearme|llamarme|escribir|mandar|enviar)\b",
         r"\b(?:darme|denme|dame|deme) de baja\b",
         r"\bme (?:quiero|pueden|puede|puedes) dar de baja\b",
-        r"\b(?:borr|elimin|sac|quit|retir)\w*me de (?:la|su|sus|tu|esta) lista\b(?! de espera)",
+        r"\b(?:borr|elimin|sac|saq|quit|retir)\w*me de (?:la|su|sus|tu|esta) lista\b(?! de espera)",
         r"\b(?:borren|eliminen) (?:mi|este) numero\b",
         r"\b(?:ya no|no) (?:quiero|deseo) recibir (?:mas|ningun|nada|sus|mensajes)\b",
         r"\bya no quiero recibir\b",
         r"\bno mas mensajes\b",
+        r"^no mas(?: por favor| porfa| gracias)?$",  # "no más" alone is on the FCC's list of examples
+        r"\bplus de (?:sms|messages|textos|pubs?)\b",
     )
 )
+# A clause is a keyword reply of its own: "Not interested. Stop." reads like "STOP".
+_CLAUSE = re.compile(r"[.!?;,:\n¡¿…]+")
 
 
 def _rule_text(text: str) -> list[str]:
@@ -271,28 +275,37 @@ def _rule_text(text: str) -> list[str]:
     return joined.split(" ") if joined else []
 
 
+def _keyword_clause(tokens: Sequence[str]) -> str | None:
+    # An opt-out word with nothing but politeness or message words around it.
+    rest = [token for token in tokens if token not in _OPT_OUT_WORDS and token not in _WEAK_OPT_OUT_WORDS]
+    if not all(token in _FILLER for token in rest):
+        return None
+    strong = [token for token in tokens if token in _OPT_OUT_WORDS]
+    if strong:
+        return strong[0]
+    weak = [token for token in tokens if token in _WEAK_OPT_OUT_WORDS]
+    if weak and any(token in _MESSAGE_WORDS for token in rest):
+        return weak[0]
+    return None
+
+
 def opt_out_rule(text: str) -> str | None:
     """The opt-out keyword or phrase that makes `text` an explicit opt-out, if any.
 
-    Covers a keyword plus politeness ("STOP PLEASE", "Stop. Thank you", "unsubscribe me") and the
-    phrasings in `_OPT_OUT_PHRASES`; anything else ("I can stop by tomorrow") is left to the model.
+    Covers a clause made of a keyword plus politeness ("STOP PLEASE", "Stop. Thank you", "Not
+    interested. Stop.") and the phrasings in `_OPT_OUT_PHRASES`; anything else ("I can stop by
+    tomorrow", "cancel please") is left to the model.
     """
-    tokens = _rule_text(text)
-    if not tokens:
-        return None
-    strong = [token for token in tokens if token in _OPT_OUT_WORDS]
-    weak = [token for token in tokens if token in _WEAK_OPT_OUT_WORDS]
-    rest = [token for token in tokens if token not in _OPT_OUT_WORDS and token not in _WEAK_OPT_OUT_WORDS]
-    if all(token in _FILLER for token in rest):
-        if strong:
-            return strong[0]
-        if weak and any(token in _MESSAGE_WORDS for token in rest):
-            return weak[0]
-    joined = " ".join(tokens)
+    for clause in _CLAUSE.split(text):
+        tokens = _rule_text(clause)
+        found = _keyword_clause(tokens) if tokens else None
+        if found is not None:
+            return found
+    joined = " ".join(_rule_text(text))
     for pattern in _OPT_OUT_PHRASES:
-        found = pattern.search(joined)
-        if found:
-            return found.group(0)
+        match = pattern.search(joined)
+        if match:
+            return match.group(0)
     return None
 
 

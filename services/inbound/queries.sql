@@ -91,11 +91,6 @@ INSERT INTO consent_changes (tenant_id, user_id, state, source, keyword, message
 SELECT u.tenant_id, u.id, $2, $3, $4, $5, $6 FROM u
 RETURNING id;
 
--- name: insert_event
--- $1 = tenant_id, $2 = type, $3 = conversation_id, $4 = user_id, $5 = message_id, $6 = payload
-INSERT INTO events (tenant_id, type, conversation_id, user_id, message_id, payload)
-VALUES ($1, $2, $3, $4, $5, $6);
-
 -- name: record_status
 -- Keep every callback; move the message's status forward only.
 -- $1 = tenant_id, $2 = provider, $3 = provider_message_id, $4 = status, $5 = error_code,

@@ -10,7 +10,7 @@ import asyncpg
 
 from db import pool as db_pool
 from db import queries
-from services import keywords, phone
+from services import events, keywords, phone
 from services.channels.base import InboundMessage, StatusUpdate
 from services.inbound.directory import Channel
 
@@ -73,14 +73,23 @@ async def _ingest(conn: asyncpg.Connection, channel: Channel, msg: InboundMessag
 
     if new_state is not None:
         # Honoured here, in the webhook's transaction, before any agent can act on the message.
-        await conn.fetchval(Q.set_consent, user["id"], new_state.value, "keyword", match.word if match else None,
-                            message_id, "user")
-        await conn.execute(Q.insert_event, channel.tenant_id, f"consent.{new_state.value}", conversation_id,
-                           user["id"], message_id, {"source": "keyword", "keyword": match.word if match else None})
+        await change_consent(conn, user["id"], new_state, "keyword", match.word if match else None,
+                             message_id, "user")
+        await events.emit(conn, events.Event(channel.tenant_id, f"consent.{new_state.value}", conversation_id,
+                                             user["id"], message_id,
+                                             {"source": "keyword", "keyword": match.word if match else None}))
     elif keyword is keywords.Keyword.HELP:
-        await conn.execute(Q.insert_event, channel.tenant_id, "help.requested", conversation_id, user["id"],
-                           message_id, {"keyword": match.word if match else None})
+        await events.emit(conn, events.Event(channel.tenant_id, "help.requested", conversation_id, user["id"],
+                                             message_id, {"keyword": match.word if match else None}))
     return Stored(message_id, conversation_id, user["id"], keyword, new_state)
+
+
+async def change_consent(conn: asyncpg.Connection, user_id: int, state: ConsentState, source: str,
+                         keyword: str | None, message_id: int | None, changed_by: str) -> int:
+    """Set a user's consent and append the change to its history; returns the history row's id."""
+    change_id: int = await conn.fetchval(Q.set_consent, user_id, state.value, source, keyword, message_id,
+                                         changed_by)
+    return change_id
 
 
 def _consent_after(match: keywords.KeywordMatch | None, current: ConsentState) -> ConsentState | None:
@@ -141,9 +150,9 @@ async def record_status(pool: asyncpg.Pool, tenant_id: int | None, update: Statu
                                   update.occurred_at, update.raw)
         if row is None:
             return None
-        await conn.execute(Q.insert_event, row["tenant_id"], f"message.{update.status.value}",
-                           row["conversation_id"], None, row["id"],
-                           {"error_code": update.error_code} if update.error_code else {})
+        await events.emit(conn, events.Event(row["tenant_id"], f"message.{update.status.value}",
+                                             row["conversation_id"], None, row["id"],
+                                             {"error_code": update.error_code} if update.error_code else {}))
         return int(row["id"])
 
     return await db_pool.in_transaction(pool, work)

@@ -73,7 +73,7 @@ async def readyz(request: web.Request) -> web.Response:
                              status=200 if ready else 503)
 
 
-def _phone_param(request: web.Request) -> str:
+def phone_param(request: web.Request) -> str:
     raw = request.query.get("phone")
     if not raw:
         raise pagination.BadParameter("phone", "is required (E.164, e.g. +14155550123)")
@@ -84,35 +84,35 @@ def _phone_param(request: web.Request) -> str:
 
 
 async def list_users(request: web.Request) -> web.Response:
-    e164 = _phone_param(request)
+    e164 = phone_param(request)
     after, size = pagination.decode(request.query.get("cursor")), pagination.limit(request.query)
     async with _runtime(request).pool.acquire() as conn:
         rows = await conn.fetch(Q.users_by_phone, e164, after, size + 1)
     result = pagination.page(rows, size)
     for item in result["items"]:
         item["opted_out"] = item["consent_state"] == "opted_out"
-    return web.json_response(result, dumps=_dumps)
+    return web.json_response(result, dumps=dumps)
 
 
 async def list_conversations(request: web.Request) -> web.Response:
-    e164 = _phone_param(request)
+    e164 = phone_param(request)
     after, size = pagination.decode(request.query.get("cursor")), pagination.limit(request.query)
     async with _runtime(request).pool.acquire() as conn:
         rows = await conn.fetch(Q.conversations_by_phone, e164, after, size + 1)
-    return web.json_response(pagination.page(rows, size), dumps=_dumps)
+    return web.json_response(pagination.page(rows, size), dumps=dumps)
 
 
 async def conversation_messages(request: web.Request) -> web.Response:
-    conversation_id = _int_path(request, "id")
+    conversation_id = int_path(request, "id")
     after, size = pagination.decode(request.query.get("cursor")), pagination.limit(request.query)
     async with _runtime(request).pool.acquire() as conn:
         if not await conn.fetchval(Q.conversation_exists, conversation_id):
             return json_error(404, "no such conversation", "id")
         rows = await conn.fetch(Q.conversation_messages, conversation_id, after, size + 1)
-    return web.json_response(pagination.page(rows, size), dumps=_dumps)
+    return web.json_response(pagination.page(rows, size), dumps=dumps)
 
 
-def _int_path(request: web.Request, name: str) -> int:
+def int_path(request: web.Request, name: str) -> int:
     try:
         value = int(request.match_info[name])
     except ValueError:
@@ -122,7 +122,7 @@ def _int_path(request: web.Request, name: str) -> int:
     return value
 
 
-def _dumps(value: object) -> str:
+def dumps(value: object) -> str:
     import json
     from datetime import datetime
     from decimal import Decimal

@@ -31,3 +31,25 @@ SELECT id, conversation_id, direction, message_type, body, media, details, statu
 FROM messages
 WHERE conversation_id = $1 AND id > $2
 ORDER BY id LIMIT $3;
+
+-- name: agent_logs
+-- Newest first. $1 = before id (cursor; 0 = from the newest), $2 = limit, $3 = agent, $4 = conversation id,
+-- $5 = status, $6 = since, $7 = until, $8 = tenant id
+SELECT id, tenant_id, agent, action, conversation_id, message_id, agent_task_id, input, output, implementation,
+       model, latency_ms, tokens_in, tokens_out, cost_usd, status, error, created_at
+FROM agent_actions_log
+WHERE ($1 = 0 OR id < $1)
+  AND ($3::text IS NULL OR agent = $3)
+  AND ($4::bigint IS NULL OR conversation_id = $4)
+  AND ($5::text IS NULL OR status = $5)
+  AND ($6::timestamptz IS NULL OR created_at >= $6)
+  AND ($7::timestamptz IS NULL OR created_at < $7)
+  AND ($8::bigint IS NULL OR tenant_id = $8)
+ORDER BY id DESC LIMIT $2;
+
+-- name: dead_letters
+-- $1 = after id, $2 = limit, $3 = status
+SELECT id, tenant_id, agent_task_id, kind, payload, error, attempts, status, requeued_at, requeued_by, created_at
+FROM event_dead_letters
+WHERE id > $1 AND ($3::text IS NULL OR status = $3)
+ORDER BY id LIMIT $2;

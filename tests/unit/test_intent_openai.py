@@ -261,7 +261,7 @@ async def test_llm_opt_out_the_local_model_disagrees_with_is_flagged_not_acted_o
 async def test_llm_opt_out_the_local_model_agrees_with_stands(
     openai_server: FakeOpenAI, make_classifier: MakeClassifier, local: LocalClassifier
 ) -> None:
-    text = "Please stop texting me, I don't want any more messages"
+    text = "Not interested, stop bothering me"
     local_view = local.classify_sync(text)
     assert (local_view.intent, local_view.implementation) == (Intent.OPT_OUT, "local")  # the premise
     openai_server.script(fake.reply({"intent": "opt_out", "confidence": 0.97, "language": "en"}))

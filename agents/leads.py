@@ -1,0 +1,147 @@
+"""Lead memory: one enriched record per tenant × user, and its immutable history in lead_actions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import asyncpg
+
+from db import queries
+from services import events
+
+Q = queries.load(__file__, "leads.sql")
+
+
+class Tag(StrEnum):
+    """Matches the CHECK constraint on lead_memory.current_tag."""
+
+    ACTIVE = "Active"
+    FOLLOW_UP = "Follow-Up"
+    CONVERTED = "Converted"
+    ARCHIVED = "Archived"
+    DELETED = "Deleted"
+
+
+class ActionType(StrEnum):
+    INSERT = "insert"
+    UPDATE = "update"
+    TAG = "tag"
+    ARCHIVE = "archive"
+    DELETE = "delete"
+    REVERT = "revert"
+
+
+TRACKED = ("name", "email", "language", "intent", "tone", "urgency", "confidence_score")
+
+
+@dataclass(frozen=True, slots=True)
+class Enrichment:
+    tenant_id: int
+    user_id: int
+    conversation_id: int
+    message_id: int
+    name: str | None
+    email: str | None
+    language: str | None
+    ai_summary: str | None
+    intent: str
+    tone: str
+    urgency: str
+    confidence: float
+    is_test: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    lead_id: int
+    created: bool
+    changes: dict[str, dict[str, Any]]
+
+
+async def apply(conn: asyncpg.Connection, e: Enrichment, actor: str) -> Applied:
+    """Upsert the lead, write its insert/update action and lead.created / lead.updated events."""
+    row = await conn.fetchrow(Q.upsert_lead, e.tenant_id, e.user_id, e.name, e.email, e.language, e.ai_summary,
+                              e.intent, e.tone, e.urgency, Decimal(str(round(e.confidence, 2))), e.is_test,
+                              e.message_id)
+    previous: Mapping[str, Any] | None = row["previous"]
+    new = {"name": e.name, "email": e.email, "language": e.language, "intent": e.intent, "tone": e.tone,
+           "urgency": e.urgency, "confidence_score": round(e.confidence, 2)}
+    if previous is None:
+        changes = {k: {"from": None, "to": v} for k, v in new.items() if v is not None}
+        action, event = ActionType.INSERT, "lead.created"
+    else:
+        changes = {k: {"from": previous.get(k), "to": v} for k, v in new.items()
+                   if v is not None and _differs(previous.get(k), v)}
+        action, event = ActionType.UPDATE, "lead.updated"
+    if previous is None or changes:
+        await conn.execute(Q.insert_action, e.tenant_id, row["id"], action.value, None, None, False, None,
+                           changes, actor, e.message_id, e.is_test)
+        await events.emit(conn, events.Event(e.tenant_id, event, e.conversation_id, e.user_id, e.message_id,
+                                             {"lead_id": row["id"], "changes": sorted(changes)}))
+    return Applied(row["id"], previous is None, changes)
+
+
+def _differs(old: Any, new: Any) -> bool:
+    if isinstance(new, float) and old is not None:
+        return abs(float(old) - new) > 1e-9
+    return bool(old != new)
+
+
+class TagError(ValueError):
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+async def set_tag(pool: asyncpg.Pool, lead_id: int, tag: Tag, actor: str, reason: str | None) -> dict[str, Any] | None:
+    """Change a lead's tag. Leaving Converted is a revert and needs a reason. None: no such lead."""
+    async with pool.acquire() as conn, conn.transaction():
+        lead = await conn.fetchrow(Q.lock_lead, lead_id)
+        if lead is None:
+            return None
+        previous = Tag(lead["current_tag"])
+        if previous is Tag.CONVERTED and tag is not Tag.CONVERTED:
+            if not reason or not reason.strip():
+                raise TagError("reason", "is required to revert a converted lead")
+            action = ActionType.REVERT
+        elif tag is Tag.ARCHIVED:
+            action = ActionType.ARCHIVE
+        elif tag is Tag.DELETED:
+            action = ActionType.DELETE
+        else:
+            action = ActionType.TAG
+        await conn.execute(Q.set_tag, lead_id, tag.value)
+        await conn.execute(Q.insert_action, lead["tenant_id"], lead_id, action.value, tag.value, previous.value,
+                           tag is Tag.CONVERTED, reason.strip() if reason else None, {}, actor, None,
+                           lead["is_test"])
+        payload = {"lead_id": lead_id, "tag": tag.value, "previous_tag": previous.value, "action": action.value}
+        await events.emit(conn, events.Event(lead["tenant_id"], "lead.tagged", None, lead["user_id"], None, payload))
+        if tag is Tag.CONVERTED and previous is not Tag.CONVERTED:
+            await events.emit(conn, events.Event(lead["tenant_id"], "lead.converted", None, lead["user_id"], None,
+                                                 payload))
+    return await get(pool, lead_id)
+
+
+async def get(pool: asyncpg.Pool, lead_id: int) -> dict[str, Any] | None:
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(Q.lead_by_id, lead_id)
+        if row is None:
+            return None
+        return _with_actions(dict(row), await conn.fetch(Q.lead_actions, lead_id))
+
+
+async def by_phone(pool: asyncpg.Pool, phone: str, after: int, limit: int) -> list[dict[str, Any]]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(Q.leads_by_phone, phone, after, limit)
+        return [_with_actions(dict(r), await conn.fetch(Q.lead_actions, r["id"])) for r in rows]
+
+
+def _with_actions(lead: dict[str, Any], actions: list[asyncpg.Record]) -> dict[str, Any]:
+    lead["actions"] = [dict(a) for a in actions]
+    lead["opted_out"] = lead.get("consent_state") == "opted_out"
+    return lead

@@ -1,0 +1,61 @@
+"""Assembling the agents from settings: classifier (local or OpenAI), summarizer, pipeline, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from agents.intent import select
+from agents.pipeline import Pipeline
+from agents.summarizer import LocalSummarizer, OpenAISummarizer, Summarizer
+from agents.worker import Worker
+from services.settings import Settings
+
+log = logging.getLogger("parley.agents")
+
+
+def summarizer(settings: Settings) -> Summarizer:
+    local = LocalSummarizer()
+    if settings.openai_api_key is None:
+        return local
+    return OpenAISummarizer(settings.openai_api_key.get_secret_value(),
+                            str(settings.openai_base_url) if settings.openai_base_url else None,
+                            settings.openai_model, local, timeout_s=settings.openai_timeout_s,
+                            max_retries=settings.openai_max_retries)
+
+
+def pipeline(settings: Settings) -> Pipeline:
+    return Pipeline(settings, select.from_settings(settings), summarizer(settings),
+                    uses_context=settings.openai_api_key is not None)
+
+
+def worker(settings: Settings, pool: asyncpg.Pool, dsn: str, worker_id: str | None = None) -> Worker:
+    return Worker(pool, dsn, pipeline(settings), worker_id=worker_id, concurrency=settings.worker_concurrency,
+                  lease_s=settings.task_lease_s, poll_interval_s=settings.poll_interval_s)
+
+
+async def run_workers(settings: Settings, pool: asyncpg.Pool, dsn: str, stop: asyncio.Event) -> None:
+    """`settings.workers` workers in this process until `stop` is set; in-flight work finishes first."""
+    workers = [worker(settings, pool, dsn) for _ in range(settings.workers)]
+    log.info("agent workers started", extra={"workers": len(workers)})
+    await asyncio.gather(*(w.run(stop) for w in workers))
+
+
+def background(settings: Settings):  # type: ignore[no-untyped-def]
+    """A cleanup_ctx for `parley serve`: workers run beside the HTTP server and stop before the pool."""
+    from aiohttp import web
+
+    from services import appkeys
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        runtime = app[appkeys.RUNTIME]
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_workers(settings, runtime.pool, runtime.dsn, stop), name="agent-workers")
+        yield
+        stop.set()
+        await task
+
+    return ctx

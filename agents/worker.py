@@ -1,0 +1,203 @@
+"""The durable task runtime: claim agent_tasks, run them, retry with backoff, dead-letter the hopeless.
+
+Claiming is one statement with FOR UPDATE SKIP LOCKED (see queries.sql `claim`); a LISTEN connection
+wakes idle workers when tasks arrive, and a poll interval covers lost notifications. Each claim carries
+a lease, extended while work runs; a worker killed mid-task simply lets its lease lapse and another
+worker takes the task over. Completion is fenced by (locked_by, attempts), so a worker that lost its
+lease can never commit results twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from db import pool as db_pool
+from db import queries
+
+Q = queries.load(__file__)
+log = logging.getLogger("parley.agents.worker")
+
+CHANNEL = "parley_agent_tasks"
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: int
+    tenant_id: int
+    conversation_id: int
+    message_id: int | None
+    kind: str
+    attempts: int
+    max_attempts: int
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Proof of ownership handed to the handler's completing transaction."""
+
+    worker_id: str
+    tasks: tuple[Task, ...]
+
+    async def lock_owned(self, conn: asyncpg.Connection) -> set[int]:
+        """Inside the completing transaction: ids of the tasks we still own (now locked)."""
+        rows = await conn.fetch(Q.lock_owned, [t.id for t in self.tasks], self.worker_id,
+                                [t.attempts for t in self.tasks])
+        return {r["id"] for r in rows}
+
+    @staticmethod
+    async def complete(conn: asyncpg.Connection, task_ids: Sequence[int]) -> None:
+        await conn.execute(Q.complete, list(task_ids))
+
+
+class TaskFailed(Exception):
+    """A handler's verdict on one task of a batch: retry it (or dead-letter it) with this error."""
+
+    def __init__(self, task_id: int, error: str) -> None:
+        super().__init__(error)
+        self.task_id = task_id
+        self.error = error
+
+
+# The handler processes a claimed batch and commits its results (calling Claim.lock_owned and
+# Claim.complete inside its transaction). It returns the per-task failures it did not commit.
+Handler = Callable[[asyncpg.Pool, Claim], Awaitable[Sequence[TaskFailed]]]
+
+
+def backoff_s(attempts: int, base_s: float = 1.0, cap_s: float = 300.0) -> float:
+    """Exponential backoff with full jitter: spreads retries of a failed burst over time."""
+    return random.uniform(0.5, 1.0) * min(cap_s, base_s * 2 ** (attempts - 1))
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(self, pool: asyncpg.Pool, dsn: str, handler: Handler, *, worker_id: str | None = None,
+                 batch_size: int = 64, concurrency: int = 4, lease_s: float = 60.0,
+                 poll_interval_s: float = 1.0, backoff: Callable[[int], float] = backoff_s) -> None:
+        self.pool = pool
+        self.dsn = dsn
+        self.handler = handler
+        self.worker_id = worker_id or default_worker_id()
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self.lease_s = lease_s
+        self.poll_interval_s = poll_interval_s
+        self.backoff = backoff
+        self._wake = asyncio.Event()
+        self.processed = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set; then stop claiming, finish what is in flight, and return."""
+        listener = await self._listen()
+        try:
+            loops = [asyncio.create_task(self._loop(stop), name=f"agent-loop-{i}") for i in range(self.concurrency)]
+            stopper = asyncio.create_task(self._relay_stop(stop))
+            try:
+                await asyncio.gather(*loops)
+            finally:
+                stopper.cancel()
+        finally:
+            if listener is not None:
+                await listener.close()
+        log.info("worker stopped", extra={"worker_id": self.worker_id, "processed": self.processed})
+
+    async def _relay_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wake.set()
+
+    async def _listen(self) -> asyncpg.Connection | None:
+        # NOTIFY is only a hint: if LISTEN fails we still poll.
+        try:
+            conn = await db_pool.connect(self.dsn)
+            await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
+            return conn
+        except Exception:  # noqa: BLE001
+            log.warning("LISTEN unavailable; polling only", exc_info=True)
+            return None
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                claimed = await self.claim_once()
+            except Exception:  # noqa: BLE001 - database hiccup: back off and keep the worker alive
+                log.exception("claim failed", extra={"worker_id": self.worker_id})
+                claimed = 0
+                await _sleep_unless(stop, self.poll_interval_s)
+            if claimed == 0 and not stop.is_set():
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+                except TimeoutError:
+                    pass
+
+    async def claim_once(self) -> int:
+        """Claim one batch, run it, settle failures. Returns how many tasks were claimed."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(Q.claim, self.batch_size, self.lease_s, self.worker_id)
+        if not rows:
+            return 0
+        tasks = tuple(Task(r["id"], r["tenant_id"], r["conversation_id"], r["message_id"], r["kind"],
+                           r["attempts"], r["max_attempts"], r["payload"]) for r in rows)
+        claim = Claim(self.worker_id, tasks)
+        heartbeat = asyncio.create_task(self._heartbeat(claim))
+        try:
+            failures: Sequence[TaskFailed] = await self.handler(self.pool, claim)
+        except Exception as exc:  # noqa: BLE001 - the whole batch failed; nothing was committed
+            log.exception("batch failed", extra={"worker_id": self.worker_id, "tasks": len(tasks)})
+            failures = [TaskFailed(t.id, f"{type(exc).__name__}: {exc}") for t in tasks]
+        finally:
+            heartbeat.cancel()
+        self.processed += len(tasks) - len(failures)
+        by_id = {t.id: t for t in tasks}
+        for failure in failures:
+            await self._settle_failure(by_id[failure.task_id], failure.error)
+        return len(tasks)
+
+    async def _heartbeat(self, claim: Claim) -> None:
+        ids = [t.id for t in claim.tasks]
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                async with self.pool.acquire() as conn:
+                    await conn.execute(Q.extend_leases, ids, self.worker_id, self.lease_s)
+            except Exception:  # noqa: BLE001 - a missed heartbeat only risks a duplicate attempt
+                log.warning("lease extension failed", extra={"worker_id": self.worker_id})
+
+    async def _settle_failure(self, task: Task, error: str) -> None:
+        error = error[:2000]
+        async with self.pool.acquire() as conn:
+            if task.attempts >= task.max_attempts:
+                letter = await conn.fetchval(Q.bury, task.id, self.worker_id, task.attempts, error)
+                log.error("task dead-lettered", extra={"task_id": task.id, "dead_letter_id": letter,
+                                                       "attempts": task.attempts, "error": error})
+            else:
+                delay = self.backoff(task.attempts)
+                await conn.fetchval(Q.retry_later, task.id, self.worker_id, task.attempts, delay, error)
+                log.warning("task will be retried", extra={"task_id": task.id, "attempts": task.attempts,
+                                                           "delay_s": round(delay, 3), "error": error})
+
+
+async def requeue_dead_letter(pool: asyncpg.Pool, dead_letter_id: int, operator: str) -> int | None:
+    """Put a dead-lettered task back in the queue with fresh attempts; returns the task id."""
+    async with pool.acquire() as conn, conn.transaction():
+        return await conn.fetchval(Q.requeue_dead_letter, dead_letter_id, operator)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass

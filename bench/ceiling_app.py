@@ -1,0 +1,43 @@
+"""The HTTP ceiling for bench/ingest.py: the least an aiohttp webhook can do per request.
+
+It reads the form (`await request.post()`) and answers Twilio's empty TwiML, as `parley serve` does,
+with the same server settings (default asyncio loop, no access log), and nothing else: no signature
+check, no database. Whatever parley reaches below this figure is the cost of its own work.
+
+    python bench/ceiling_app.py --host 127.0.0.1 --port 8099
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from aiohttp import web
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
+
+
+async def inbound(request: web.Request) -> web.Response:
+    await request.post()
+    return web.Response(text=EMPTY_TWIML, content_type="text/xml")
+
+
+async def ready(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+def create_app() -> web.Application:
+    app = web.Application()
+    app.add_routes([web.post("/webhooks/twilio", inbound), web.get("/readyz", ready)])
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8099)
+    args = parser.parse_args()
+    web.run_app(create_app(), host=args.host, port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()

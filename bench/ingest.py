@@ -1,0 +1,1010 @@
+"""Inbound webhook throughput and latency of `parley serve`, next to the HTTP ceiling of this machine.
+
+    .venv/bin/python bench/ingest.py [--duration 10] [--rate 1000] [--connections 50] [--json [PATH]]
+
+One run starts a fresh PostgreSQL (pgserver, synchronous_commit on), `parley serve` against it, and
+bench/ceiling_app.py (aiohttp that only reads the form and answers empty TwiML). It drives the same
+pre-signed Twilio inbound messages, one unique MessageSid each from 500 senders, at both, from
+processes of its own: a closed loop with C connections (wrk + bench/wrk_signed.lua, or the Python
+client below when wrk is missing), then an open loop at R requests/s whose latency counts from each
+request's scheduled send time, so a server that falls behind shows its queue (no coordinated
+omission). Then it checks that every message parley answered 200 is stored, and prints a table.
+
+The load generator shares the machine's cores with the servers and PostgreSQL, so the absolute
+figures say as much about this machine as about parley: the ratio to the ceiling, measured the same
+way in the same run, is the figure to compare. It prints figures and never asserts timings; it exits
+non-zero only when the commit check fails or a process does not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import functools
+import gc
+import hashlib
+import hmac
+import json
+import os
+import platform
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+FORM = "application/x-www-form-urlencoded"
+WEBHOOK = "/webhooks/twilio"
+TARGETS = ("parley", "ceiling")
+# MessageSid = "SM" + run nonce (8 hex) + phase (2 hex) + index (22 hex): the phase is SQL-countable.
+PHASES = {"warmup": 1, "closed": 2, "open": 3}
+TEXTS = (
+    "Hi, is my order #{n} on its way?",
+    "What time do you open tomorrow?",
+    "Can I move my booking to {n}pm?",
+    "Thanks! That worked.",
+    "My code is {n}, it says invalid",
+    "Do you deliver to 94{n} ?",
+    "ok",
+    "Could someone call me back please",
+    "Where is the nearest store?",
+    "Price for {n} units?",
+)
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signed payloads
+
+
+def twilio_signature(token: bytes, url: str, params: list[tuple[str, str]]) -> str:
+    """Twilio's X-Twilio-Signature: HMAC-SHA1 of the URL followed by every name+value, sorted by name."""
+    data = url + "".join(k + v for k, v in sorted(params))
+    return base64.b64encode(hmac.new(token, data.encode(), hashlib.sha1).digest()).decode()
+
+
+_quote = functools.lru_cache(maxsize=65536)(urllib.parse.quote_plus)
+
+
+@dataclass
+class Payloads:
+    url: str
+    account_sid: str
+    token: str
+    users: int
+    nonce: str = field(default_factory=lambda: secrets.token_hex(4))
+
+    def sid(self, phase: str, i: int) -> str:
+        return f"SM{self.nonce}{PHASES[phase]:02x}{i:022x}"
+
+    def write(self, phase: str, count: int, paths: list[Path]) -> None:
+        """`count` requests, "<signature>\\t<body>" a line, dealt round-robin over `paths`."""
+        token = self.token.encode()
+        files = [p.open("w") for p in paths]
+        try:
+            for i in range(count):
+                sid = self.sid(phase, i)
+                params = [
+                    ("ToCountry", "US"),
+                    ("ToState", "CA"),
+                    ("SmsMessageSid", sid),
+                    ("NumMedia", "0"),
+                    ("ToCity", "SAN FRANCISCO"),
+                    ("FromZip", "94105"),
+                    ("SmsSid", sid),
+                    ("FromState", "CA"),
+                    ("SmsStatus", "received"),
+                    ("FromCity", "SAN FRANCISCO"),
+                    ("Body", TEXTS[i % len(TEXTS)].format(n=i % 997)),
+                    ("FromCountry", "US"),
+                    ("To", "+14155238886"),
+                    ("ToZip", "94105"),
+                    ("NumSegments", "1"),
+                    ("MessageSid", sid),
+                    ("AccountSid", self.account_sid),
+                    ("From", f"+1415555{i % self.users:04d}"),
+                    ("ApiVersion", "2010-04-01"),
+                ]
+                body = "&".join(f"{k}={_quote(v)}" for k, v in params)
+                files[i % len(files)].write(f"{twilio_signature(token, self.url, params)}\t{body}\n")
+                if i == 0:
+                    self._check_against_twilio(params)
+        finally:
+            for f in files:
+                f.close()
+
+    def _check_against_twilio(self, params: list[tuple[str, str]]) -> None:
+        from twilio.request_validator import RequestValidator
+
+        expected = RequestValidator(self.token).compute_signature(self.url, dict(params))
+        if expected != twilio_signature(self.token.encode(), self.url, params):
+            raise SystemExit("bench bug: our signature differs from twilio.RequestValidator's")
+
+
+# ---------------------------------------------------------------------------------------------
+# Python load client (run as `ingest.py _client SPEC.json`, in its own process)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    s = sorted(values)
+
+    def at(q: float) -> float:
+        return s[min(len(s) - 1, max(0, int(q * len(s) + 0.5) - 1))]
+
+    return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "p999": at(0.999), "max": s[-1], "mean": sum(s) / len(s)}
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, one request at a time. Hand-rolled: aiohttp's client would
+    cost several times the CPU per request, which this machine's servers would lose."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[int] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection lost"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0 or self.waiter is None:
+            return
+        head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+        length = 0
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        if len(self.buf) < end + 4 + length:
+            return
+        del self.buf[: end + 4 + length]
+        if not self.waiter.done():
+            self.waiter.set_result(int(head[0].split(" ", 2)[1]))
+
+    async def call(self, request: bytes) -> int:
+        self.waiter = asyncio.get_running_loop().create_future()
+        assert self.transport is not None
+        self.transport.write(request)
+        return await self.waiter
+
+
+def load_requests(spec: dict[str, Any]) -> list[bytes]:
+    requests = []
+    with open(spec["requests"]) as fh:
+        for line in fh:
+            sig, body = line.rstrip("\n").split("\t", 1)
+            requests.append(
+                (
+                    f"POST {WEBHOOK} HTTP/1.1\r\nHost: {spec['host']}:{spec['port']}\r\n"
+                    f"Content-Type: {FORM}\r\nX-Twilio-Signature: {sig}\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n{body}"
+                ).encode()
+            )
+    return requests
+
+
+async def _client(spec: dict[str, Any], requests: list[bytes]) -> dict[str, Any]:
+    host, port = spec["host"], spec["port"]
+    loop = asyncio.get_running_loop()
+    n = len(requests)
+    status = [0] * n  # 0: never answered, -1: connection error
+    latency: list[float] = []
+    lag: list[float] = []
+    idle: deque[_Conn] = deque()
+    opened = 0
+
+    async def connect() -> _Conn:
+        nonlocal opened
+        opened += 1
+        _, conn = await loop.create_connection(_Conn, host, port)
+        return conn
+
+    async def send(conn: _Conn | None, i: int, scheduled: float) -> _Conn | None:
+        try:
+            conn = conn or await connect()
+            lag.append(time.perf_counter() - scheduled)
+            status[i] = await conn.call(requests[i])
+            latency.append(time.perf_counter() - scheduled)
+            return None if conn.closed else conn
+        except (OSError, ConnectionError):
+            status[i] = -1
+            return None
+
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    started = time.perf_counter()
+    if spec["mode"] == "closed":  # C workers, each sends its next request when the last is answered
+        deadline = started + spec["duration"] if spec.get("duration") else None
+        next_i = 0
+
+        async def worker() -> None:
+            nonlocal next_i
+            conn = None
+            while next_i < n and (deadline is None or time.perf_counter() < deadline):
+                i, next_i = next_i, next_i + 1
+                conn = await send(conn, i, time.perf_counter())
+
+        await asyncio.gather(*(worker() for _ in range(spec["connections"])))
+        sent = next_i
+    else:  # open loop: request i is due at started + i/rate, whatever happened to the others
+        rate, pending = spec["rate"], deque[tuple[int, float]]()
+        tasks: set[asyncio.Task[None]] = set()
+        busy = 0
+
+        async def run(i: int, scheduled: float) -> None:
+            nonlocal busy
+            conn = idle.pop() if idle else None
+            while True:
+                conn = await send(conn, i, scheduled)
+                if not pending:
+                    break
+                i, scheduled = pending.popleft()
+            busy -= 1
+            if conn is not None:
+                idle.append(conn)
+
+        for i in range(n):
+            scheduled = started + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if busy >= spec["max_connections"]:
+                pending.append((i, scheduled))  # still timed from `scheduled`: the queue is counted
+                continue
+            busy += 1
+            task = loop.create_task(run(i, scheduled))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        sent = n
+        if tasks:
+            await asyncio.wait(set(tasks), timeout=spec.get("drain_s", 60))
+    elapsed = time.perf_counter() - started
+    answered = [s for s in status[:sent] if s > 0]
+    return {
+        "mode": spec["mode"],
+        "sent": sent,
+        "responses": len(answered),
+        "ok": answered.count(200),
+        "statuses": dict(Counter(answered)),
+        "connection_errors": status[:sent].count(-1),
+        "unanswered": status[:sent].count(0),
+        "elapsed_s": elapsed,
+        "connections_opened": opened,
+        "latency_ms": {k: v * 1e3 for k, v in percentiles(latency).items()},
+        "send_lag_ms": {k: v * 1e3 for k, v in percentiles(lag).items()},
+        "not_ok": [i for i in range(sent) if status[i] != 200],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+class Procs:
+    """Every process this run starts, each in its own session, so Ctrl-C reaches only the bench and
+    cleanup stops each group in reverse order."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.pg: Any = None  # pgserver's handle: cleaned up (server stopped, data deleted) last
+
+    def start(self, cmd: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(cmd, start_new_session=True, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], grace_s: float = 15) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            self.stop(proc)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(name: str, proc: subprocess.Popen[bytes], port: int, log_path: Path, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+            raise SystemExit(f"{name} exited with {proc.returncode} before it was ready:\n{tail}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        time.sleep(0.2)
+    raise SystemExit(f"{name} not ready after {timeout_s:.0f}s (log: {log_path})")
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (those that exited are skipped)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def rusage_s(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """CPU seconds the whole machine spent busy, and stolen by the hypervisor, so far."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    hz = os.sysconf("SC_CLK_TCK")
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / hz, v[7] / hz
+
+
+def wait_quiet(timeout_s: float, threshold: float = 0.2) -> float:
+    """Wait until the machine's other work uses under `threshold` cores for 3 s in a row (or time
+    runs out); return what it used in the last second."""
+    deadline, quiet, busy = time.monotonic() + timeout_s, 0, 0.0
+    while True:
+        before = machine_cpu_s()[0]
+        time.sleep(1)
+        busy = machine_cpu_s()[0] - before
+        quiet = quiet + 1 if busy < threshold else 0
+        if quiet >= 3 or time.monotonic() >= deadline:
+            return busy
+        if quiet == 0:
+            log(f"machine busy ({busy:.2f} cores used by other processes): waiting for it to quieten")
+
+
+def postgres_pids(postmaster: int) -> list[int]:
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    pids.append(int(entry.name))
+    return pids
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL: counts and observations
+
+
+def sql(dsn: str, query: str, *args: Any) -> list[dict[str, Any]]:
+    import asyncpg
+
+    async def run() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [dict(r) for r in await conn.fetch(query, *args)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+PG_COUNTERS = """
+SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) AS xact_commit,
+       wal_records, wal_fpi, wal_bytes::bigint, wal_write, wal_sync, wal_sync_time
+FROM pg_stat_wal"""
+
+
+class WaitSampler(threading.Thread):
+    """Samples what parley's PostgreSQL backends are doing, every 50 ms, while a phase runs."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.stop_flag, self.counts, self.samples = dsn, threading.Event(), Counter[str](), 0
+
+    def run(self) -> None:
+        import asyncpg
+
+        async def loop() -> None:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                while not self.stop_flag.is_set():  # a failure elsewhere may stop PostgreSQL under us
+                    rows = await conn.fetch(
+                        "SELECT state, wait_event_type, wait_event FROM pg_stat_activity "
+                        "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                    )
+                    self.samples += 1
+                    for r in rows:
+                        what = f"{r['wait_event_type']}:{r['wait_event']}" if r["wait_event"] else "on CPU"
+                        self.counts[f"{r['state']} / {what}"] += 1
+                    await asyncio.sleep(0.05)
+            finally:
+                await conn.close()
+
+        with contextlib.suppress(Exception):
+            asyncio.run(loop())
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class Run:
+    args: argparse.Namespace
+    tmp: Path
+    procs: Procs
+    dsn: str = ""
+    postmaster: int = 0
+    ports: dict[str, int] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    payloads: Payloads = field(init=False)
+
+    def client(self, target: str, spec: dict[str, Any]) -> dict[str, Any]:
+        spec = {**spec, "host": "127.0.0.1", "port": self.ports[target]}
+        spec_path = self.tmp / f"spec-{target}-{spec['mode']}.json"
+        spec_path.write_text(json.dumps(spec))
+        proc = self.procs.start([sys.executable, __file__, "_client", str(spec_path)], stdout=subprocess.PIPE)
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"load client failed ({proc.returncode})")
+        return json.loads(out)
+
+    def wrk(self, target: str, prefix: Path) -> dict[str, Any]:
+        a = self.args
+        cmd = [
+            "wrk",
+            "-t",
+            str(a.wrk_threads),
+            "-c",
+            str(a.connections),
+            "-d",
+            f"{a.duration}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(BENCH / "wrk_signed.lua"),
+            f"http://127.0.0.1:{self.ports[target]}{WEBHOOK}",
+            "--",
+            str(prefix),
+        ]
+        proc = self.procs.start(cmd, stdout=subprocess.PIPE)
+        out, _ = proc.communicate()
+        line = next((ln for ln in out.decode().splitlines() if ln.startswith("WRK_JSON ")), None)
+        if proc.returncode != 0 or line is None:
+            raise SystemExit(f"wrk failed ({proc.returncode}):\n{out.decode()[-2000:]}")
+        w = json.loads(line.removeprefix("WRK_JSON "))
+        lat = {k: v / 1e3 for k, v in w["latency_us"].items()}
+        return {
+            "mode": "closed",
+            "tool": "wrk",
+            "sent": w["sent"],
+            "responses": w["responses"],
+            "ok": w["ok"],
+            "elapsed_s": w["duration_us"] / 1e6,
+            "latency_ms": lat,
+            "wrapped": w["wrapped"],
+            "errors": w["errors"],
+            "statuses": {"4xx": w["s4xx"], "5xx": w["s5xx"], "other": w["sother"]},
+            "in_flight_at_stop": w["sent"] - w["responses"] - w["errors"]["connect"],
+        }
+
+    def phase(self, name: str, target: str, drive: Any) -> dict[str, Any]:
+        """Run one load phase against one target, with CPU use per process and (for parley) what
+        PostgreSQL did meanwhile."""
+        parley = target == "parley"
+        watched = {"server": [self.pids[target]], **({"postgres": postgres_pids(self.postmaster)} if parley else {})}
+        before = {k: cpu_s(v) for k, v in watched.items()}
+        gen_before, self_before, machine_before = (
+            rusage_s(resource.RUSAGE_CHILDREN),
+            rusage_s(resource.RUSAGE_SELF),
+            machine_cpu_s(),
+        )
+        pg_before = sql(self.dsn, PG_COUNTERS)[0] if parley else None
+        sampler = WaitSampler(self.dsn) if parley and name != "warmup" else None
+        profiler = None
+        if sampler:
+            sampler.start()
+        if parley and name == "closed" and self.args.profile:
+            profiler = self.procs.start(
+                [
+                    self.args.py_spy,
+                    "record",
+                    "--pid",
+                    str(self.pids["parley"]),
+                    "--duration",
+                    str(int(self.args.duration)),
+                    "--rate",
+                    "100",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "-o",
+                    self.args.profile,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        wall = time.monotonic()
+        result = drive()
+        wall = time.monotonic() - wall
+        if profiler:
+            profiler.wait(30)
+        if sampler:
+            sampler.stop_flag.set()
+            sampler.join()
+        cpu = {k: (cpu_s(watched[k]) - before[k]) / wall for k in watched}
+        cpu["load generator"] = (rusage_s(resource.RUSAGE_CHILDREN) - gen_before) / wall  # incl. py-spy
+        cpu["bench"] = (rusage_s(resource.RUSAGE_SELF) - self_before) / wall
+        busy, steal = (b - a for a, b in zip(machine_before, machine_cpu_s(), strict=True))
+        # Anything else on the machine (another engineer's job, say) skews both targets' figures.
+        cpu["other processes"] = max(0.0, busy / wall - sum(cpu.values()))
+        cpu["stolen"] = steal / wall
+        result["cpu_cores"] = cpu
+        if pg_before:
+            after = sql(self.dsn, PG_COUNTERS)[0]
+            result["postgres"] = {k: (after[k] or 0) - (pg_before[k] or 0) for k in after}
+            result["postgres"]["wall_s"] = wall
+        if sampler:
+            result["pg_backend_samples"] = {"samples": sampler.samples, "counts": dict(sampler.counts.most_common())}
+        log(
+            f"{target:7s} {name:6s} ok={result['ok']} of sent={result['sent']} "
+            f"rps={result['ok'] / result['elapsed_s']:.0f} p50={result['latency_ms'].get('p50', 0):.1f}ms "
+            f"p99={result['latency_ms'].get('p99', 0):.1f}ms"
+        )
+        return result
+
+    def stored(self, phase: str) -> set[str]:
+        rows = sql(
+            self.dsn,
+            "SELECT provider_message_id AS sid FROM messages WHERE provider_message_id LIKE $1",
+            f"SM{self.payloads.nonce}{PHASES[phase]:02x}%",
+        )
+        return {r["sid"] for r in rows}
+
+
+def start(run: Run) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset, harmless
+        import pgserver
+
+    a = run.args
+    log("starting PostgreSQL (pgserver) in a fresh directory")
+    pg = pgserver.get_server(run.tmp / "pg", cleanup_mode="delete")
+    run.procs.pg = pg
+    run.dsn = pg.get_uri()
+    run.postmaster = int((run.tmp / "pg" / "postmaster.pid").read_text().split()[0])
+    # Times WAL writes and fsyncs for the report; durability settings stay as they are.
+    sql(run.dsn, "ALTER SYSTEM SET track_wal_io_timing = on")
+    sql(run.dsn, "SELECT pg_reload_conf()")
+
+    run.ports = {t: free_port() for t in TARGETS}
+    token = secrets.token_hex(16)
+    account_sid = "AC" + secrets.token_hex(16)
+    public = f"http://127.0.0.1:{run.ports['parley']}"
+    run.payloads = Payloads(public + WEBHOOK, account_sid, token, a.users)
+    env = {
+        **os.environ,
+        "DATABASE_URL": run.dsn,
+        "PARLEY_HOME": str(run.tmp / "home"),
+        "PUBLIC_BASE_URL": public,
+        "TWILIO_ACCOUNT_SID": account_sid,
+        "TWILIO_AUTH_TOKEN": token,
+        "PARLEY_API_KEY": secrets.token_urlsafe(24),
+        "PARLEY_LOG_LEVEL": a.log_level,
+        **dict(kv.split("=", 1) for kv in a.parley_env),
+    }
+    parley_bin = shutil.which("parley", path=str(Path(sys.executable).parent)) or "parley"
+    logs = {t: run.tmp / f"{t}.log" for t in TARGETS}
+    cmds = {
+        "parley": [parley_bin, "serve", "--host", "127.0.0.1", "--port", str(run.ports["parley"])],
+        "ceiling": [sys.executable, str(BENCH / "ceiling_app.py"), "--port", str(run.ports["ceiling"])],
+    }
+    for t in TARGETS:
+        log(f"starting {t} on port {run.ports[t]} (log: {logs[t]})")
+        with logs[t].open("wb") as fh:
+            proc = run.procs.start(cmds[t], stdout=fh, stderr=subprocess.STDOUT, env=env if t == "parley" else None)
+        run.pids[t] = proc.pid
+        wait_ready(t, proc, run.ports[t], logs[t])
+
+
+def drive_all(run: Run, use_wrk: bool) -> None:
+    a = run.args
+    p = run.payloads
+    t0 = time.monotonic()
+    files = {
+        "warmup": [run.tmp / "warmup"],
+        "open": [run.tmp / "open"],
+        "closed": [run.tmp / f"closed.{i}" for i in range(a.wrk_threads if use_wrk else 1)],
+    }
+    p.write("warmup", a.warmup, files["warmup"])
+    p.write("open", int(a.rate * a.duration), files["open"])
+    p.write("closed", int(a.max_rps * a.duration), files["closed"])
+    log(
+        f"signed {a.warmup + int(a.rate * a.duration) + int(a.max_rps * a.duration)} requests "
+        f"in {time.monotonic() - t0:.1f}s"
+    )
+
+    res = run.results
+    for t in TARGETS:
+        res.setdefault(t, {})["warmup"] = run.phase(
+            "warmup",
+            t,
+            lambda t=t: run.client(
+                t, {"mode": "closed", "requests": str(files["warmup"][0]), "connections": min(16, a.connections)}
+            ),
+        )
+        if t == "parley" and res[t]["warmup"]["ok"] == 0:
+            raise SystemExit(
+                f"parley answered no warm-up request with 200: {res[t]['warmup']['statuses']} "
+                f"(log: {run.tmp / 'parley.log'})"
+            )
+    for t in TARGETS:
+        if use_wrk:
+            res[t]["closed"] = run.phase("closed", t, lambda t=t: run.wrk(t, run.tmp / "closed"))
+        else:
+            res[t]["closed"] = run.phase(
+                "closed",
+                t,
+                lambda t=t: run.client(
+                    t,
+                    {
+                        "mode": "closed",
+                        "requests": str(files["closed"][0]),
+                        "connections": a.connections,
+                        "duration": a.duration,
+                    },
+                ),
+            )
+        res[t]["closed"]["tool"] = "wrk" if use_wrk else "python"
+        time.sleep(1)  # let abandoned in-flight requests finish before the next phase
+    for t in TARGETS:
+        res[t]["open"] = run.phase(
+            "open",
+            t,
+            lambda t=t: run.client(
+                t,
+                {
+                    "mode": "open",
+                    "requests": str(files["open"][0]),
+                    "rate": a.rate,
+                    "max_connections": a.open_connections,
+                },
+            ),
+        )
+
+
+def verify(run: Run) -> dict[str, Any]:
+    """Every message parley answered 200 is stored: exact by MessageSid where the client knows every
+    answer (warm-up and open loop), a count within wrk's abandoned in-flight requests otherwise."""
+    out: dict[str, Any] = {}
+    # Requests abandoned when wrk stopped may still be committing.
+    last, stable_since = -1, time.monotonic()
+    while time.monotonic() - stable_since < 1.5:
+        n = sql(run.dsn, "SELECT count(*) AS n FROM messages")[0]["n"]
+        if n != last:
+            last, stable_since = n, time.monotonic()
+        time.sleep(0.25)
+    for phase in PHASES:
+        r = run.results["parley"][phase]
+        stored = run.stored(phase)
+        row: dict[str, Any] = {"answered_200": r["ok"], "stored": len(stored), "sent": r["sent"]}
+        if r.get("tool") == "wrk":
+            slack = r["in_flight_at_stop"]
+            row["in_flight_at_stop"] = slack
+            row["ok"] = r["ok"] <= len(stored) <= r["ok"] + slack and not r.get("wrapped")
+            row["how"] = "count; wrk abandons its in-flight requests when its clock stops"
+        else:
+            answered = {run.payloads.sid(phase, i) for i in set(range(r["sent"])) - set(r["not_ok"])}
+            row["answered_not_stored"] = len(answered - stored)
+            row["stored_not_answered"] = len(stored - answered)
+            row["ok"] = answered == stored
+            row["how"] = "exact, MessageSid by MessageSid"
+        out[phase] = row
+    counts = sql(
+        run.dsn,
+        "SELECT (SELECT count(*) FROM messages) AS messages, "
+        "(SELECT count(DISTINCT provider_message_id) FROM messages) AS distinct_sids, "
+        "(SELECT count(*) FROM agent_tasks) AS agent_tasks",
+    )[0]
+    out["total"] = {**counts, "answered_200": sum(run.results["parley"][ph]["ok"] for ph in PHASES)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _frame_package(frame: str) -> str:
+    path = frame[frame.rfind("(") + 1 :].rstrip(")").rsplit(":", 1)[0]
+    if "site-packages/" in path:
+        return path.split("site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
+    for top in ("services/", "db/", "agents/"):
+        if top in path:
+            return top + path.split(top, 1)[1].split("/", 1)[0].removesuffix(".py")
+    return "stdlib:" + Path(path).stem
+
+
+def profile_summary(path: str, expected_samples: float, top: int = 12) -> list[str]:
+    """The py-spy raw (collapsed) profile as text: where parley's busy samples were, by the package of
+    the innermost frame (self time), and by the project's functions on the stack (inclusive)."""
+    own, incl, leaf = Counter[str](), Counter[str](), Counter[str]()
+    total = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f.rsplit(":", 1)[0] + ")" if f.endswith(")") and ":" in f else f for f in stack.split(";")]
+        own[_frame_package(frames[-1])] += n
+        leaf[frames[-1]] += n
+        for f in set(frames):
+            if _frame_package(f).startswith(("services/", "db/", "agents/")):
+                incl[f] += n
+    if not total:
+        return ["  (py-spy recorded no samples)"]
+    out = [
+        f"  {total} busy samples of ~{expected_samples:.0f} possible (100 Hz, idle excluded): the event loop "
+        f"thread was busy {total / expected_samples:.0%} of the time"
+    ]
+    out.append("  self time by package: " + ", ".join(f"{k} {v / total:.0%}" for k, v in own.most_common(top)))
+    out.append("  inclusive, project functions:")
+    out += [f"    {v / total:6.1%}  {k}" for k, v in incl.most_common(top)]
+    out.append("  self time, top functions:")
+    out += [f"    {v / total:6.1%}  {k}" for k, v in leaf.most_common(top)]
+    return out
+
+
+def fmt(v: float | None, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def report(run: Run, check: dict[str, Any], meta: dict[str, Any]) -> str:
+    a, res = run.args, run.results
+    P, C = res["parley"], res["ceiling"]
+    rps = {t: res[t]["closed"]["ok"] / res[t]["closed"]["elapsed_s"] for t in TARGETS}
+    ratio = rps["parley"] / rps["ceiling"] if rps["ceiling"] else 0.0
+    open_p99 = P["open"]["latency_ms"].get("p99")
+    lines = [
+        f"Parley inbound webhook benchmark   {meta['machine']}",
+        f"closed loop: {a.duration:g}s, {a.connections} connections ({P['closed']['tool']}); open loop: "
+        f"{a.rate:g} req/s for {a.duration:g}s (python client, latency from scheduled send); {a.users} senders; "
+        f"PARLEY_LOG_LEVEL={a.log_level}",
+        f"PostgreSQL {meta['postgres']}",
+        "",
+        f"{'':28s}{'parley':>10s}{'ceiling':>10s}{'ratio':>9s}   target",
+        f"{'closed  requests/s (200)':28s}{rps['parley']:>10.0f}{rps['ceiling']:>10.0f}{ratio:>8.1%}"
+        f"    >= 40% of ceiling: {'met' if ratio >= 0.40 else 'NOT MET'}",
+    ]
+    for key in ("p50", "p99"):
+        lines.append(
+            f"{'closed  ' + key + ' ms':28s}{fmt(P['closed']['latency_ms'].get(key)):>10s}"
+            f"{fmt(C['closed']['latency_ms'].get(key)):>10s}"
+        )
+    err = {
+        t: res[t]["closed"]["sent"] - res[t]["closed"]["ok"] - res[t]["closed"].get("in_flight_at_stop", 0)
+        for t in TARGETS
+    }
+    lines.append(f"{'closed  non-200 / errors':28s}{err['parley']:>10d}{err['ceiling']:>10d}")
+    ach = {t: res[t]["open"]["ok"] / res[t]["open"]["elapsed_s"] for t in TARGETS}
+    lines.append(f"{'open    achieved req/s':28s}{ach['parley']:>10.0f}{ach['ceiling']:>10.0f}")
+    for key in ("p50", "p99", "max"):
+        target = (
+            f"   <= 50 ms at {a.rate:g} req/s: {'met' if (open_p99 or 1e9) <= 50 else 'NOT MET'}"
+            if key == "p99"
+            else ""
+        )
+        lines.append(
+            f"{'open    ' + key + ' ms':28s}{fmt(P['open']['latency_ms'].get(key)):>10s}"
+            f"{fmt(C['open']['latency_ms'].get(key)):>10s}{'':9s}{target}"
+        )
+    lines.append(
+        f"{'open    non-200 / errors':28s}{P['open']['sent'] - P['open']['ok']:>10d}"
+        f"{C['open']['sent'] - C['open']['ok']:>10d}"
+    )
+    lines += ["", f"CPU, in cores (of {os.cpu_count()}), during each phase:"]
+    noisy = []
+    for t in TARGETS:
+        for ph in ("closed", "open"):
+            cpu = res[t][ph]["cpu_cores"]
+            lines.append(f"  {t:8s}{ph:7s}" + ", ".join(f"{k} {fmt(v, '.2f')}" for k, v in cpu.items()))
+            if cpu["other processes"] > 0.15 or cpu["stolen"] > 0.15:
+                noisy.append(f"{t} {ph}")
+    if noisy:
+        lines.append(
+            f"  !!! other processes or the hypervisor took CPU during: {', '.join(noisy)}; "
+            "those figures are unreliable: rerun on a quiet machine"
+        )
+    pg = P["closed"].get("postgres")
+    if pg:
+        stored = check["closed"]["stored"]
+        lines += [
+            "",
+            "PostgreSQL during parley's closed loop:",
+            f"  commits {pg['xact_commit']} (incl. read-only), WAL fsyncs {pg['wal_sync']} "
+            f"({pg['wal_sync'] / max(stored, 1):.2f} per stored message), "
+            f"fsync time {pg['wal_sync_time'] / 1e3:.2f}s = {pg['wal_sync_time'] / 1e3 / pg['wall_s']:.0%} "
+            f"of wall, mean {pg['wal_sync_time'] / max(pg['wal_sync'], 1):.2f} ms; WAL "
+            f"{pg['wal_bytes'] / 1e6:.1f} MB, {pg['wal_bytes'] / max(stored, 1) / 1e3:.1f} kB per message",
+        ]
+        s = P["closed"]["pg_backend_samples"]
+        total = sum(s["counts"].values()) or 1
+        lines.append(
+            f"  backend states ({s['samples']} samples of pg_stat_activity): "
+            + ", ".join(f"{k} {v / total:.0%}" for k, v in list(s["counts"].items())[:6])
+        )
+    if a.profile and Path(a.profile).exists():
+        lines += ["", f"py-spy profile of parley during its closed loop ({a.profile}):"]
+        lines += profile_summary(a.profile, 100 * a.duration)
+    lines += ["", "Every answered message committed (parley):"]
+    for ph in PHASES:
+        c = check[ph]
+        extra = (
+            f", in flight when wrk stopped {c['in_flight_at_stop']}"
+            if "in_flight_at_stop" in c
+            else f", answered-not-stored {c['answered_not_stored']}, stored-not-answered {c['stored_not_answered']}"
+        )
+        lines.append(
+            f"  {ph:7s} answered 200: {c['answered_200']:>7d}   stored: {c['stored']:>7d}   "
+            f"({c['how']}{extra})  {'OK' if c['ok'] else '<<< MISMATCH'}"
+        )
+    tot = check["total"]
+    lines.append(
+        f"  total   answered 200: {tot['answered_200']:>7d}   distinct stored: {tot['distinct_sids']:>7d}"
+        f"   (rows {tot['messages']}, agent tasks {tot['agent_tasks']})"
+    )
+    if not all(check[ph]["ok"] for ph in PHASES):
+        lines += [
+            "",
+            "!" * 78,
+            "!!! COMMIT CHECK FAILED: answered 200 and stored messages disagree (see above)",
+            "!" * 78,
+        ]
+    if any(res[t]["closed"].get("wrapped") for t in TARGETS):
+        lines.append("!!! wrk ran out of pre-signed bodies and repeated MessageSids: raise --max-rps")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_client"]:
+        spec = json.loads(Path(argv[1]).read_text())
+        print(json.dumps(asyncio.run(_client(spec, load_requests(spec)))))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured phase (default 10)")
+    parser.add_argument("--rate", type=float, default=1000, help="open-loop requests/s (default 1000)")
+    parser.add_argument("--connections", type=int, default=50, help="closed-loop connections (default 50)")
+    parser.add_argument("--users", type=int, default=500, help="distinct senders (default 500)")
+    parser.add_argument("--warmup", type=int, default=1000, help="warm-up requests per target (default 1000)")
+    parser.add_argument("--log-level", default="INFO", help="PARLEY_LOG_LEVEL (default INFO)")
+    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument("--no-wrk", action="store_true", help="closed loop with the Python client, not wrk")
+    parser.add_argument(
+        "--max-rps",
+        type=float,
+        default=12000,
+        help="closed-loop bodies signed per second of --duration (default 12000)",
+    )
+    parser.add_argument("--open-connections", type=int, default=512, help="open-loop connection cap (default 512)")
+    parser.add_argument(
+        "--parley-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for parley serve, e.g. PARLEY_WORKERS=0 (repeatable)",
+    )
+    parser.add_argument("--profile", metavar="PATH", help="py-spy raw profile of parley during its closed loop")
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help="write results as JSON to PATH ('-' or no value: stdout, table to stderr)",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="S",
+        help="first wait up to S seconds for other processes to leave the CPU idle",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    a = parser.parse_args(argv)
+    use_wrk = not a.no_wrk and shutil.which("wrk") is not None
+    if not use_wrk and not a.no_wrk:
+        log("wrk not found (apt-get install -y wrk): closed loop uses the Python client")
+    a.py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if a.profile and not a.py_spy:
+        parser.error("--profile needs py-spy (.venv/bin/pip install py-spy)")
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    tmp = Path(tempfile.mkdtemp(prefix="parley-bench-"))
+    procs = Procs()
+    run = Run(a, tmp, procs)
+    status = 0
+    try:
+        if a.wait_quiet:
+            log(f"other processes use {wait_quiet(a.wait_quiet):.2f} cores")
+        start(run)
+        version = sql(
+            run.dsn,
+            "SELECT current_setting('server_version') AS v, current_setting('synchronous_commit') "
+            "AS sc, current_setting('fsync') AS f, current_setting('wal_sync_method') AS m",
+        )[0]
+        meta = {
+            "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
+            "postgres": f"{version['v']}: synchronous_commit={version['sc']}, fsync={version['f']}, "
+            f"wal_sync_method={version['m']}",
+        }
+        drive_all(run, use_wrk)
+        check = verify(run)
+        text = report(run, check, meta)
+        print(text, file=sys.stderr if a.json == "-" else sys.stdout, flush=True)
+        if a.json:
+            doc = json.dumps(
+                {"meta": meta, "args": vars(a), "results": run.results, "commit_check": check}, indent=2, default=str
+            )
+            if a.json == "-":
+                print(doc)
+            else:
+                Path(a.json).write_text(doc)
+        if not all(check[ph]["ok"] for ph in PHASES):
+            status = 3
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything")
+        status = 130
+    finally:
+        procs.stop_all()
+        if procs.pg is not None:
+            with contextlib.suppress(Exception):
+                procs.pg.cleanup()
+        if a.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
