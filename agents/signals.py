@@ -2,9 +2,10 @@
 
 Everything here is lexicons and regular expressions, deterministic and offline, fast enough for the
 worker's hot path. The lexicons cover English, French and Spanish and are matched whatever language the
-classifier reported: short messages often come back "und", and people mix languages. Words are matched
-on `agents.intent.local.fold`ed text (case, accents and elongation folded: "URGENTTT", "aujourdhui" and
-"rapidément" all match), so every lexicon entry below is written lower-case and without accents.
+classifier reported: short messages often come back "und", and people mix languages. Phrases are matched
+token by token on folded text (case, accents and elongation folded: "URGENTTT", "Aujourd’hui" and
+"rapidément" all match) with one dictionary look-up per word, so the cost does not grow with the
+lexicons; every lexicon entry is written lower-case and without accents.
 
 Tone: each message scores frustrated, friendly and formal cues (words, emoji, emoticons). Emphasis
 (three or more "!", a "?!" run, or ALL CAPS shouting) adds one to friendly when friendly cues already
@@ -27,11 +28,13 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from agents import redact
-from agents.intent import Classification, Intent, local
+from agents.intent import Classification, Intent
 from services import phone
 
 
@@ -63,118 +66,246 @@ def extract(text: str, classification: Classification, previous_confidence: floa
     """All signals of `text` (pass "" for a media-only message), given how it was classified."""
     text = text or ""
     folded = _fold(text)
-    message_tone = _tone(text, folded)
+    tokens, hits = _read(folded)
+    message_tone = _tone(text, folded, hits)
     return Signals(
         tone=message_tone,
-        urgency=_urgency(text, folded, classification.intent, message_tone),
+        urgency=_urgency(classification.intent, tokens, hits, lambda: message_tone),
         confidence=lead_confidence(classification.intent, classification.confidence, previous_confidence),
         name=stated_name(text),
         email=stated_email(text),
     )
 
 
+# --- reading a message ----------------------------------------------------------------------------
+
+_COMBINING_MARKS = re.compile("[\u0300-\u036f]")
+# "yesss" -> "yes", "urgentttt" -> "urgent": elongation carries emphasis, not meaning.
+_ELONGATION = re.compile(r"([^\W\d_])\1{2,}")
+# Words, and the punctuation that ends a clause. Apostrophes split ("can't" -> "can t", "d'urgence" ->
+# "d urgence"), so French elisions never hide the word behind them.
+_TOKEN = re.compile(r"[^\W_]+|[,.;:!?¡¿\n]")
+_CLAUSE_BREAKS = frozenset(",.;:!?¡¿\n")
+
+
 def _fold(text: str) -> str:
-    return local.fold(text).replace("’", "'").replace("ʼ", "'")
+    """Case-, width-, accent- and elongation-folded `text` ("Rapidément!!" -> "rapidement!!")."""
+    text = _COMBINING_MARKS.sub("", unicodedata.normalize("NFKD", text).casefold())
+    return _ELONGATION.sub(r"\1", text)
 
 
-def _lexicon(*patterns: str) -> re.Pattern[str]:
-    return re.compile(r"\b(?:" + "|".join(patterns) + r")\b")
+class _Cue(StrEnum):
+    FRUSTRATED = "frustrated"
+    FRIENDLY = "friendly"
+    FORMAL = "formal"
+    REFUSAL = "refusal"  # "no thanks": polite, not warm; consumes the "thanks"
+    URGENT = "urgent"  # explicit urgency or an emergency
+    SAME_DAY = "same_day"
+    DEFERRAL = "deferral"
+
+
+# Phrases in shell-like brace notation ("annoy{ed|ing}", "{no one|nobody} called"), written folded.
+_PHRASES: dict[_Cue, tuple[str, ...]] = {
+    _Cue.FRUSTRATED: (
+        # en
+        "ridiculous", "unacceptable", "terrible", "horrible", "awful", "worst", "pathetic", "useless",
+        "incompetent", "unprofessional", "outrageous", "angry", "furious", "pissed", "pissed off",
+        "annoy{ed|ing}", "frustrat{ed|ing}", "fed up", "sick and tired", "sick of", "wtf", "wth", "ffs",
+        "bullshit", "crap", "what the {hell|heck|fuck}", "scam", "scammer{|s}", "rip off", "ripoff", "rude",
+        "disappoint{ed|ing}", "disgust{ed|ing}", "still {waiting|no|nothing|not}", "still {haven|hasn}{'|}t",
+        "been waiting", "{no one|noone|nobody} {called|came|showed|answered|responded|replied|got back}",
+        "never {called|came|showed|showed up|answered|responded|replied|got back}", "how many times",
+        "{second|third|3rd|fourth|4th} time", "waste of {|my }{time|money}", "thanks for nothing",
+        "not {happy|satisfied|ok|okay|acceptable|impressed|great|good enough}",
+        "are you {kidding|serious}", "you people",
+        # fr
+        "ridicule", "inadmissible", "inacceptable", "honteux", "honte", "scandal{e|eux|euse}", "nul", "nulle",
+        "lamentable", "pitoyable", "deplorable", "incompetent{|s|e|es}", "enerv{e|ee|ant|ante}",
+        "agac{e|ee|ant|ante}", "furieu{x|se}", "en colere", "marre", "ras le bol",
+        "toujours {pas|rien|aucun|aucune|personne}", "personne {n'est|ne m'a|n'a|ne repond}",
+        "jamais {eu|rappele|venu|repondu}", "n'importe quoi", "c'est une blague", "arnaque",
+        "escroc{|s|erie}", "decu{|e|s|es}", "decevant{|e}", "le pire", "c'est pire",
+        "pas {content|contente|satisfait|satisfaite}", "perte de temps", "se fout", "foutez", "merde", "putain",
+        # es
+        "ridicul{o|a}", "inaceptable", "inadmisible", "vergonzos{o|a}", "verguenza", "pesim{o|a}", "fatal",
+        "hart{o|a|os|as}", "molest{o|a}", "enojad{o|a}", "enfadad{o|a}", "furios{o|a}", "indignad{o|a}",
+        "decepcion", "decepcionad{o|a}", "estafa", "todavia {no|nada|nadie|sin}", "aun {no|nada|sin}",
+        "nadie {|me }{llamo|vino|contesto|respondio}", "nunca {|me }{llamaron|vinieron|contestaron}",
+        "mal servicio", "perdida de tiempo", "no estoy {content|satisfech}{o|a}", "es el colmo", "una burla",
+        "maldit{o|a}", "mierda", "carajo", "no puede ser",
+    ),
+    _Cue.FRIENDLY: (
+        # en
+        "thank{|s}", "thank {you|u}", "thx", "thnx", "thanx", "tks", "ty", "tysm", "tyvm", "much appreciated",
+        "appreciate{|d}", "awesome", "great", "perfect", "amazing", "wonderful", "lovely", "excellent",
+        "fantastic", "brilliant", "sounds {good|great|perfect}", "cool", "nice", "sweet", "yay", "woohoo",
+        "can{'|}t wait", "looking forward", "have a {good|great|nice|lovely} {day|one|evening|weekend}",
+        "you{'|}re {the best|awesome|amazing}", "lol", "haha", "hahaha", "hahahaha", "glad", "happy to",
+        "no problem", "no worries", "np", "cheers", "love {it|that|this|you}",
+        # fr
+        "merci", "mrc", "mci", "super", "genial{|e}", "parfait{|e}", "excellent{|e}", "formidable",
+        "trop {bien|cool|top}", "avec plaisir", "bonne {journee|soiree|fin de journee|semaine}", "bisous",
+        "bises", "j'adore", "chouette", "nickel", "impec{|cable}", "mdr", "ptdr", "hate", "a bientot",
+        "{tres|c'est} gentil", "ravi{|e}",
+        # es
+        "gracias", "grax", "grcs", "genial", "perfect{o|a}", "excelente", "buenisim{o|a}", "chevere",
+        "que bueno", "me encanta", "encantad{o|a}", "muy amable", "con gusto", "de nada", "estupend{o|a}",
+        "maravillos{o|a}", "fenomenal", "jaja", "jajaja", "jajajaja", "jeje", "jejeje", "buen dia",
+    ),
+    _Cue.REFUSAL: (
+        "{no|nope|nah|non}{|,} {thanks|thank you|thank u|thx|merci|gracias}",
+        "non {|,}merci beaucoup", "no{|,} {muchas gracias|thank you very much}",
+    ),
+    _Cue.FORMAL: (
+        # en ("Dear" opening a message is matched separately: mid-message it is an endearment.)
+        "kind regards", "best regards", "warm regards", "regards", "sincerely", "yours {truly|faithfully}",
+        "respectfully", "to whom it may concern", "i would like to {inquire|enquire|request}", "i am writing",
+        "please advise", "i would {appreciate|be grateful}", "at your {|earliest }convenience",
+        "would it be possible", "kindly", "good {morning|afternoon|evening}", "mr", "mrs", "ms", "sir", "madam",
+        "thank you for your {time|assistance|attention|consideration}", "i look forward to",
+        # fr
+        "madame", "monsieur", "mme", "cordialement", "bien cordialement", "salutations", "veuillez",
+        "je vous prie", "je me permets", "je souhaiterais", "auriez vous", "pourriez vous",
+        "serait il possible", "bien a vous", "respectueusement", "dans l'attente", "vous remerciant",
+        "je vous remercie",
+        # es
+        "estimad{o|a|os|as}", "atentamente", "cordialmente", "cordial saludo", "un cordial saludo",
+        "saludos cordiales", "reciba un saludo", "le saluda", "quisiera", "usted", "senor", "senora", "sr",
+        "sra", "le agradeceria", "seria tan amable", "de antemano", "a la espera", "disculpe",
+    ),
+    _Cue.URGENT: (
+        # en
+        "urgent", "urgently", "urgnt", "urgency", "emergency", "emergencies", "emergancy", "asap",
+        "a.s.a.p", "as soon as {possible|you can}", "immediately", "immediatly",
+        "leak{|s|ing|ed}", "flood{|ed|ing}", "burst pipe{|s}", "pipe burst", "no {heat|heating|hot water|power}",
+        "smell{|s} {|of }gas", "gas {leak|smell}", "sparking", "bleeding", "toothache", "tooth ache",
+        "{severe|bad|lots of|so much|in} pain", "swollen", "swelling", "locked out", "overflowing", "sewage",
+        # fr
+        "urgence", "urgemment", "d'urgence", "urgent{|e|s|es}", "immediatement", "des que possible",
+        "au plus {vite|tot}", "le plus {vite|rapidement|tot} possible",
+        "fuite", "fuit", "inond{e|ee|ation}", "degat des eaux", "plus {de chauffage|d'eau chaude|d'electricite}",
+        "odeur de gaz", "saigne", "j'ai {tres|trop|super} mal", "rage de dent{|s}", "douleur", "abces",
+        "gonfle{|e}",
+        # es
+        "urjente", "urgencia", "emergencia", "inmediatamente", "de inmediato", "cuanto antes",
+        "lo {antes|mas pronto|mas rapido} posible",
+        "fuga", "gotera", "inundad{o|a}", "inundacion", "sin {agua caliente|calefaccion|luz}",
+        "no {tengo|hay} agua", "olor a gas", "sangra", "sangrando", "me duele", "{mucho|fuerte} dolor",
+        "dolor {fuerte|muy fuerte}", "dolor de {muela|muelas|diente|dientes}", "hinchad{o|a}",
+    ),
+    _Cue.SAME_DAY: (
+        # en
+        "today", "2day", "tonight", "tonite", "2nite", "this {morning|afternoon|evening}", "right {now|away}",
+        "straight away", "call me now", "same day",
+        # fr
+        "aujourd'hui", "aujourdhui", "auj", "ce {soir|matin}", "cet apres midi", "tout de suite",
+        "tt de suite", "des maintenant",
+        # es
+        "hoy", "hoy mismo", "esta {noche|tarde|manana}", "ahora mismo", "ya mismo",
+    ),
+    _Cue.DEFERRAL: (
+        # en
+        "later", "busy", "at work", "driving", "in a meeting", "can{'|}t talk", "no rush", "no hurry",
+        "not in a hurry", "whenever", "no pressure",
+        # fr
+        "plus tard", "occupe{|e}", "au travail", "en reunion", "au volant", "pas presse{|e}", "rien ne presse",
+        "quand vous {pouvez|voulez}",
+        # es
+        "mas tarde", "ocupad{o|a}", "en el trabajo", "manejando", "conduciendo", "sin prisa", "no hay prisa",
+        "sin apuro", "no hay apuro", "cuando {pueda|puedas|puedan}",
+    ),
+}
+_BRACES = re.compile(r"\{([^{}]*)\}")
+
+
+def _expand(pattern: str) -> list[str]:
+    """"annoy{ed|ing}" -> ["annoyed", "annoying"]; "{|my }time" -> ["time", "my time"]."""
+    match = _BRACES.search(pattern)
+    if match is None:
+        return [pattern]
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    return [phrase for option in match.group(1).split("|") for phrase in _expand(head + option + tail)]
+
+
+def _build_lexicon() -> tuple[dict[str, _Cue], dict[str, int]]:
+    """Phrase (tokens joined by spaces) -> cue, and first token -> the most tokens a phrase from it has."""
+    lexicon: dict[str, _Cue] = {}
+    longest: dict[str, int] = {}
+    for cue, patterns in _PHRASES.items():
+        for phrase in (phrase for pattern in patterns for phrase in _expand(pattern)):
+            tokens = _TOKEN.findall(_fold(phrase))
+            key = " ".join(tokens)
+            if lexicon.setdefault(key, cue) is not cue:
+                raise ValueError(f"{phrase!r} is both a {lexicon[key]} and a {cue} cue")
+            longest[tokens[0]] = max(longest.get(tokens[0], 0), len(tokens))
+    return lexicon, longest
+
+
+_LEXICON, _LONGEST = _build_lexicon()
+
+
+@dataclass(frozen=True, slots=True)
+class _Hit:
+    cue: _Cue
+    start: int  # token span
+    end: int
+
+
+def _read(folded: str) -> tuple[list[str], list[_Hit]]:
+    """The tokens of `folded` and the lexicon phrases in them, longest first, without overlaps."""
+    tokens = _TOKEN.findall(folded)
+    hits = []
+    i, n = 0, len(tokens)
+    while i < n:
+        size = min(_LONGEST.get(tokens[i], 0), n - i)
+        while size:
+            cue = _LEXICON.get(tokens[i] if size == 1 else " ".join(tokens[i : i + size]))
+            if cue is not None:
+                hits.append(_Hit(cue, i, i + size))
+                break
+            size -= 1
+        i += size or 1
+    return tokens, hits
 
 
 # --- tone -----------------------------------------------------------------------------------------
 
-_FRUSTRATED = _lexicon(
-    # en
-    "ridiculous", "unacceptable", "terrible", "horrible", "awful", "worst", "pathetic", "useless",
-    "incompetent", "unprofessional", "outrageous", "angry", "furious", "pissed( off)?", "annoy(ed|ing)",
-    "frustrat(ed|ing)", "fed up", "sick (and tired|of)", "wtf", "wth", "ffs", "bullshit", "crap",
-    "what the (hell|heck|fuck)", "scam(mers?)?", "rip ?off", "rude", "disappoint(ed|ing)", "disgust(ed|ing)",
-    "still (waiting|no|nothing|not|haven'?t|hasn'?t)", "been waiting",
-    "(no ?one|nobody) (called|came|showed|answered|responded|replied|got back|bothered)",
-    "never (called|came|showed( up)?|answered|responded|replied|got back)", "how many times",
-    "(second|third|3rd|fourth|4th) time", "waste of (my )?(time|money)", "thanks for nothing",
-    "not (happy|satisfied|ok|okay|acceptable|impressed|great|good enough)", "are you (kidding|serious)",
-    "you people",
-    # fr
-    "ridicule", "inadmissible", "inacceptable", "honteux", "honte", "scandal(e|eux|euse)", "nul(le)?",
-    "lamentable", "pitoyable", "deplorable", "incompetents?", "enerv(e|ee|ant|ante)", "agac(e|ee|ant|ante)",
-    "furieu(x|se)", "en colere", "marre", "ras le bol", "toujours (pas|rien|aucune?|personne)",
-    "personne (n'est|ne m'a|n'a|ne repond)", "jamais (eu|rappele|venu|repondu)", "n'importe quoi",
-    "c'est une blague", "arnaque", "escroc(s|erie)?", "decu(e|s|es)?", "decevant(e)?", "(le|c'est) pire",
-    "pas (content|contente|satisfait|satisfaite)", "perte de temps", "se fout", "foutez", "merde", "putain",
-    # es
-    "ridicul[oa]", "inaceptable", "inadmisible", "vergonzos[oa]", "verguenza", "pesim[oa]", "fatal",
-    "hart[oa]s?", "molest[oa]", "enojad[oa]", "enfadad[oa]", "furios[oa]", "indignad[oa]",
-    "decepcion(ad[oa])?", "estafa", "todavia (no|nada|nadie|sin)", "aun (no|nada|sin)",
-    "nadie (me )?(llamo|vino|contesto|respondio)", "nunca (me )?(llamaron|vinieron|contestaron)",
-    "mal servicio", "perdida de tiempo", "no estoy (content[oa]|satisfech[oa])", "es el colmo",
-    "una burla", "maldit[oa]", "mierda", "carajo", "no puede ser",
-)
-_FRIENDLY = _lexicon(
-    # en
-    "thanks?", "thank (you|u)", "thx", "thnx", "thanx", "tks", "ty", "tysm", "tyvm", "much appreciated",
-    "appreciated?", "awesome", "great", "perfect", "amazing", "wonderful", "lovely", "excellent",
-    "fantastic", "brilliant", "sounds (good|great|perfect)", "cool", "nice", "sweet", "yay", "wo+ho+",
-    "can'?t wait", "looking forward", "have a (good|great|nice|lovely) (day|one|evening|weekend)",
-    "you'?re (the best|awesome|amazing)", "lol", "haha(ha)*", "glad", "happy to", "no problem",
-    "no worries", "np", "cheers", "love (it|that|this|you)",
-    # fr
-    "merci", "mrc", "mci", "super", "genial(e)?", "parfait(e)?", "excellent(e)?", "formidable",
-    "trop (bien|cool|top)", "avec plaisir", "bonne (journee|soiree|fin de journee|semaine)", "bisous",
-    "bises", "j'adore", "chouette", "nickel", "impec(cable)?", "mdr", "ptdr", "hate", "a bientot",
-    "(tres|c'est) gentil", "ravie?",
-    # es
-    "gracias", "grax", "grcs", "genial", "perfect[oa]", "excelente", "buenisim[oa]", "chevere",
-    "que bueno", "me encanta", "encantad[oa]", "muy amable", "con gusto", "de nada", "estupend[oa]",
-    "maravillos[oa]", "fenomenal", "ja(ja)+", "je(je)+", "buen dia",
-)
-# A polite refusal is not warmth.
-_NO_THANKS = re.compile(r"\b(?:no|non|nope|nah)\b[\s,.!]*(?:thanks?|thank (?:you|u)|thx|merci|gracias)\b")
-_FORMAL = _lexicon(
-    # en
-    "kind regards", "best regards", "warm regards", "regards", "sincerely", "yours (truly|faithfully)",
-    "respectfully", "to whom it may concern", "i would like to (inquire|enquire|request)", "i am writing",
-    "please advise", "i would (appreciate|be grateful)", "at your (earliest )?convenience",
-    "would it be possible", "kindly", "good (morning|afternoon|evening)", "mr", "mrs", "ms", "sir", "madam",
-    "thank you for your (time|assistance|attention|consideration)", "i look forward to",
-    # fr
-    "madame", "monsieur", "mme", "cordialement", "salutations", "veuillez", "je vous prie", "je me permets",
-    "je souhaiterais", "auriez[- ]vous", "pourriez[- ]vous", "serait[- ]il possible", "bien a vous",
-    "respectueusement", "dans l'attente", "vous remerciant", "je vous remercie",
-    # es
-    "estimad[oa]s?", "atentamente", "cordialmente", "(un )?cordial saludo", "saludos cordiales",
-    "reciba un saludo", "le saluda", "quisiera", "usted", "senora?", "sra?", "le agradeceria",
-    "seria tan amable", "de antemano", "a la espera", "disculpe",
-)
-# "Dear" opens a letter; mid-message it is more often an endearment ("thanks dear").
 _DEAR = re.compile(r"(?:\A|\n)\W*dear\b")
-
-_ANGRY_EMOJI = re.compile("[😡🤬😠😤💢🙄👎😒🖕]")
-_HAPPY_EMOJI = re.compile("[😊🙂😀😃😄😁😆😉🙏👍👌❤💕💖💗💙💛💚😍🥰🤗🎉🙌☺😘✨🥳👏💯😇]")
-_HAPPY_EMOTICON = re.compile(r"(?<!\S)(?:[:;=]-?[)D\]pP]|<3|\^_?\^)(?!\S)")
-_ANGRY_EMOTICON = re.compile(r"(?<!\S)(?:>:-?\(|:@|-_-)(?!\S)")
-_STRONG_BANGS = re.compile(r"!{3,}|[?!]*(?:\?!|!\?)")
+_SYMBOLS = re.compile(
+    "(?P<angry>[😡🤬😠😤💢🙄👎😒🖕]"
+    r"|(?<!\S)(?:>:-?\(|:@|-_-)(?!\S))"
+    "|(?P<happy>[😊🙂😀😃😄😁😆😉🙏👍👌❤💕💖💗💙💛💚😍🥰🤗🎉🙌☺😘✨🥳👏💯😇]"
+    r"|(?<!\S)(?:[:;=]-?[)D\]pP]|<3|\^_?\^)(?!\S))"
+)
+_MAYBE_SYMBOLS = frozenset(":;=<>^-")
+_CAPS_PAIR = re.compile(r"[A-ZÀ-ÖØ-Þ]{2}")
 _LETTER_WORD = re.compile(r"[^\W\d_]+")
 
 
 def tone(text: str) -> Tone:
-    """The register and mood of one message: friendly, neutral, formal or frustrated."""
-    return _tone(text, _fold(text))
+    """The register and mood of one message: friendly, neutral, formal or frustrated (module docstring)."""
+    folded = _fold(text)
+    return _tone(text, folded, _read(folded)[1])
 
 
-def _tone(text: str, folded: str) -> Tone:
-    frustrated = (
-        len(_FRUSTRATED.findall(folded))
-        + 2 * len(_ANGRY_EMOJI.findall(text))  # 😡 alone says it all
-        + len(_ANGRY_EMOTICON.findall(text))
-    )
-    friendly = (
-        len(_FRIENDLY.findall(_NO_THANKS.sub(" ", folded)))
-        + len(_HAPPY_EMOJI.findall(text))
-        + len(_HAPPY_EMOTICON.findall(text))
-    )
-    formal = len(_FORMAL.findall(folded)) + (1 if _DEAR.search(folded) else 0)
-    if _STRONG_BANGS.search(text) or _shouting(text):
+def _tone(text: str, folded: str, hits: list[_Hit]) -> Tone:
+    frustrated = friendly = formal = 0
+    for hit in hits:
+        if hit.cue is _Cue.FRUSTRATED:
+            frustrated += 1
+        elif hit.cue is _Cue.FRIENDLY:
+            friendly += 1
+        elif hit.cue is _Cue.FORMAL:
+            formal += 1
+    if _DEAR.search(folded):
+        formal += 1
+    if not text.isascii() or not _MAYBE_SYMBOLS.isdisjoint(text):
+        for symbol in _SYMBOLS.finditer(text):
+            if symbol.lastgroup == "angry":
+                frustrated += 2  # 😡 alone says it all
+            else:
+                friendly += 1
+    if "!!!" in text or "?!" in text or "!?" in text or _shouting(text):
         if friendly > frustrated:
             friendly += 1
         else:
@@ -194,6 +325,8 @@ def _tone(text: str, folded: str) -> Tone:
 
 
 def _shouting(text: str) -> bool:
+    if not _CAPS_PAIR.search(text):
+        return False
     # Acronyms ("HVAC quote ASAP") are capitals too; shouting is most of the message, several words.
     words = _LETTER_WORD.findall(text)
     caps = [word for word in words if len(word) >= 2 and word.isupper()]
@@ -203,58 +336,12 @@ def _shouting(text: str) -> bool:
 
 # --- urgency --------------------------------------------------------------------------------------
 
-# Urgent whatever else the message says.
-_EXPLICIT = _lexicon(
-    # en
-    "urgent(ly)?", "urgnt", "urgency", "emergenc(y|ies)", "emergancy", "asap", r"a\.s\.a\.p",
-    "as soon as (possible|you can)", "immediately", "immediatly",
-    "leak(s|ing|ed)?", "flood(ed|ing)?", "burst (pipe|pipes)", "pipe burst", "no (heat|heating|hot water|power)",
-    "smell(s)? (of )?gas", "gas (leak|smell)", "sparking", "bleeding", "toothache", "tooth ache",
-    "(severe|bad|lots of|so much|in) pain", "swollen", "swelling", "locked out", "overflowing", "sewage",
-    # fr
-    "urgence", "urgemment", "d'urgence", "urgente?s?", "immediatement", "des que possible",
-    "au plus (vite|tot)", "le plus (vite|rapidement|tot) possible",
-    "fuite", "fuit", "inond(e|ee|ation)", "degat des eaux", "plus (de chauffage|d'eau chaude|d'electricite)",
-    "odeur de gaz", "saigne", "j'ai (tres|trop|super) mal", "rage de dents?", "douleur", "abces", "gonfle(e)?",
-    # es
-    "urjente", "urgencia", "emergencia", "inmediatamente", "de inmediato", "cuanto antes",
-    "lo (antes|mas pronto|mas rapido) posible",
-    "fuga", "gotera", "inundad[oa]", "inundacion", "sin (agua caliente|calefaccion|luz)",
-    "no (tengo|hay) agua", "olor a gas", "sangra(ndo)?", "me duele", "(mucho|fuerte) dolor",
-    "dolor de (muelas?|dientes?)",
-    "dolor (fuerte|muy fuerte)", "hinchad[oa]",
-)
-# Same-day words: urgent unless the message defers.
-_SAME_DAY = _lexicon(
-    # en
-    "today", "2day", "tonight", "tonite", "2nite", "this (morning|afternoon|evening)", "right (now|away)",
-    "straight away", "call me now", "same[ -]day",
-    # fr
-    "aujourd'hui", "aujourdhui", "aujourd hui", "auj", "ce (soir|matin)", "cet apres[- ]midi",
-    "tout de suite", "tt de suite", "des maintenant",
-    # es
-    "hoy( mismo)?", "esta (noche|tarde|manana)", "ahora mismo", "ya mismo",
-)
-_DEFERRAL = _lexicon(
-    # en
-    "later", "busy", "at work", "driving", "in a meeting", "can'?t talk", "no rush", "no hurry",
-    "not in a hurry", "whenever", "no pressure",
-    # fr
-    "plus tard", "occupee?", "au travail", "en reunion", "au volant", "pas pressee?", "rien ne presse",
-    "quand vous (pouvez|voulez)",
-    # es
-    "mas tarde", "ocupad[oa]", "en el trabajo", "manejando", "conduciendo", "sin prisa", "no hay prisa",
-    "sin apuro", "no hay apuro", "cuando (pueda|puedas|puedan)",
-)
+# "t" is what is left of "n't" once the apostrophe splits it ("isn't urgent" -> "isn t urgent").
 _NEGATORS = frozenset(
-    "not no never nothing isn't isnt aint ain't don't dont doesn't doesnt can't cant cannot won't wont without"
+    "not no never nothing t isnt aint dont doesnt cant cannot wont without"
     " pas rien jamais sans ni nada nunca sin tampoco".split()
 )
 _NEGATORS_AFTER = frozenset({"no", "pas", "non"})  # "hoy no", "aujourd'hui pas possible"
-_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
-_CLAUSE_BREAK = re.compile(r"[,.;:!?¡¿\n]")
-_NEXT_WORD = re.compile(r"\s+([^\W_]+)")
-
 _NEVER_URGENT = frozenset({Intent.OPT_OUT, Intent.OPT_IN, Intent.NOT_INTERESTED, Intent.WRONG_NUMBER})
 _BASELINE = {
     Intent.BOOKING: Urgency.MEDIUM,
@@ -266,35 +353,39 @@ _BASELINE = {
 
 def urgency(text: str, intent: Intent) -> Urgency:
     """How soon the business should answer this message (rules in the module docstring)."""
-    return _urgency(text, _fold(text), intent, None)
-
-
-def _urgency(text: str, folded: str, intent: Intent, message_tone: Tone | None) -> Urgency:
     if intent in _NEVER_URGENT:
         return Urgency.LOW
-    if _has_cue(folded, _EXPLICIT):
-        return Urgency.HIGH
-    if _has_cue(folded, _SAME_DAY) and not _DEFERRAL.search(folded):
-        return Urgency.HIGH
-    if intent is Intent.COMPLAINT:
-        if message_tone is None:
-            message_tone = _tone(text, folded)
-        if message_tone is Tone.FRUSTRATED:
+    folded = _fold(text)
+    tokens, hits = _read(folded)
+    return _urgency(intent, tokens, hits, lambda: _tone(text, folded, hits))
+
+
+def _urgency(intent: Intent, tokens: list[str], hits: list[_Hit], message_tone: Callable[[], Tone]) -> Urgency:
+    if intent in _NEVER_URGENT:
+        return Urgency.LOW
+    same_day = deferred = False
+    for hit in hits:
+        if hit.cue is _Cue.URGENT and not _negated(tokens, hit):
             return Urgency.HIGH
+        if hit.cue is _Cue.SAME_DAY and not _negated(tokens, hit):
+            same_day = True
+        elif hit.cue is _Cue.DEFERRAL:
+            deferred = True
+    if same_day and not deferred:
+        return Urgency.HIGH
+    if intent is Intent.COMPLAINT and message_tone() is Tone.FRUSTRATED:
+        return Urgency.HIGH
     return _BASELINE.get(intent, Urgency.LOW)
 
 
-def _has_cue(folded: str, cues: re.Pattern[str]) -> bool:
-    return any(not _negated(folded, match) for match in cues.finditer(folded))
-
-
-def _negated(folded: str, match: re.Match[str]) -> bool:
-    # The two words before the cue, within its clause: "not urgent", "no es urgente", "rien d'urgent".
-    clause = _CLAUSE_BREAK.split(folded[max(0, match.start() - 30) : match.start()])[-1]
-    if any(word in _NEGATORS for word in _WORD.findall(clause)[-2:]):
-        return True
-    after = _NEXT_WORD.match(folded, match.end())
-    return after is not None and after.group(1) in _NEGATORS_AFTER
+def _negated(tokens: list[str], hit: _Hit) -> bool:
+    # Up to two words before the cue, within its clause: "not urgent", "no es urgente", "rien d'urgent".
+    for token in reversed(tokens[max(0, hit.start - 2) : hit.start]):
+        if token in _CLAUSE_BREAKS:
+            break
+        if token in _NEGATORS:
+            return True
+    return hit.end < len(tokens) and tokens[hit.end] in _NEGATORS_AFTER
 
 
 # --- lead confidence ------------------------------------------------------------------------------
@@ -347,9 +438,8 @@ def _clamp(value: float, if_nan: float) -> float:
 # "this is", "soy") are followed by a name only when the word is capitalised.
 _STRONG_TRIGGER = r"my\s+name\s+is|my\s+name's|je\s+m'\s*appelle|mon\s+nom\s+(?:est|c'est)|me\s+llamo|mi\s+nombre\s+es"
 _WEAK_TRIGGER = r"this\s+is|i\s*'?\s*m|i\s+am|it\s*'?\s*s|moi\s*,?\s+c'est|ici|soy|habla"
-_TRIGGER = re.compile(
-    rf"\b(?:(?P<strong>{_STRONG_TRIGGER})|(?P<weak>{_WEAK_TRIGGER}))[ \t]+", re.IGNORECASE
-)
+_TRIGGER = re.compile(rf"\b(?:(?P<strong>{_STRONG_TRIGGER})|(?P<weak>{_WEAK_TRIGGER}))[ \t]+")
+_TRIGGER_ANY_CASE = re.compile(_TRIGGER.pattern, re.IGNORECASE)
 # "C'est Marie ici", "c'est Marie à l'appareil".
 _CEST_ICI = re.compile(r"\bc'est[ \t]+(?P<name>[^\W\d_][^\n]{0,60}?)[ \t]+(?:ici|[àa] l'appareil)\b", re.IGNORECASE)
 _NAME_WORD = re.compile(r"[^\W\d_]+(?:['\-][^\W\d_]+)*")
@@ -411,10 +501,16 @@ def stated_name(text: str) -> str | None:
     if not text:
         return None
     text = text.replace("’", "'").replace("ʼ", "'")
-    for trigger in _TRIGGER.finditer(text):
+    lowered = text.lower()
+    # Case-insensitive alternations are slow in `re`; the lower-cased copy gives the same offsets unless
+    # lower-casing changed its length ("İ" -> "i̇"), which is rare enough to take the slow path.
+    triggers = _TRIGGER.finditer(lowered) if len(lowered) == len(text) else _TRIGGER_ANY_CASE.finditer(text)
+    for trigger in triggers:
         name = _read_name(text, trigger.end(), strict=trigger.group("weak") is not None)
         if name:
             return name
+    if "c'est" not in lowered:
+        return None
     for match in _CEST_ICI.finditer(text):
         name = _read_name(match.group("name") + " ", 0, strict=True, whole=True)
         if name:
@@ -439,7 +535,7 @@ def _read_name(text: str, pos: int, strict: bool, whole: bool = False) -> str | 
         if must_be_capitalised and not word[0].isupper():
             break
         if not _is_name_word(word):
-            if word[0].isupper() and local.fold(word) in _BUSINESS_WORDS:
+            if word[0].isupper() and _fold(word) in _BUSINESS_WORDS:
                 return None  # "this is Bright Plumbing": a business introducing itself
             break
         words.append(word)
@@ -456,12 +552,10 @@ def _read_name(text: str, pos: int, strict: bool, whole: bool = False) -> str | 
 def _is_name_word(word: str) -> bool:
     if not 2 <= len(word) <= 24:
         return False
-    folded = local.fold(word)
-    if folded in _NOT_NAMES:
+    folded = _fold(word)
+    if folded in _NOT_NAMES or folded in _LEXICON:
         return False
-    if len(folded) > 5 and folded.endswith("ing"):  # "I'm Calling about..."
-        return False
-    return not (_FRUSTRATED.fullmatch(folded) or _FRIENDLY.fullmatch(folded) or _EXPLICIT.fullmatch(folded))
+    return not (len(folded) > 5 and folded.endswith("ing"))  # "I'm Calling about..."
 
 
 def _mixed_case(word: str) -> bool:

@@ -382,15 +382,18 @@ def machine_cpu_s() -> tuple[float, float]:
 def wait_quiet(timeout_s: float, threshold: float = 0.2) -> float:
     """Wait until the machine's other work uses under `threshold` cores for 3 s in a row (or time
     runs out); return what it used in the last second."""
-    deadline, quiet, busy = time.monotonic() + timeout_s, 0, 0.0
+    started = time.monotonic()
+    quiet, busy, said = 0, 0.0, -30.0
     while True:
         before = machine_cpu_s()[0]
         time.sleep(1)
         busy = machine_cpu_s()[0] - before
         quiet = quiet + 1 if busy < threshold else 0
-        if quiet >= 3 or time.monotonic() >= deadline:
+        waited = time.monotonic() - started
+        if quiet >= 3 or waited >= timeout_s:
             return busy
-        if quiet == 0:
+        if quiet == 0 and waited - said >= 30:
+            said = waited
             log(f"machine busy ({busy:.2f} cores used by other processes): waiting for it to quieten")
 
 
