@@ -80,8 +80,9 @@ def extract(text: str, classification: Classification, previous_confidence: floa
 # --- reading a message ----------------------------------------------------------------------------
 
 _COMBINING_MARKS = re.compile("[\u0300-\u036f]")
-# "yesss" -> "yes", "urgentttt" -> "urgent": elongation carries emphasis, not meaning.
-_ELONGATION = re.compile(r"([^\W\d_])\1{2,}")
+# "yesss" -> "yes", "urgentttt" -> "urgent": elongation carries emphasis, not meaning. Letters are
+# ASCII by then (accents are gone), and an ASCII class lets `re` skip ahead instead of trying every offset.
+_ELONGATION = re.compile(r"([a-z])\1\1+")
 # Words, and the punctuation that ends a clause. Apostrophes split ("can't" -> "can t", "d'urgence" ->
 # "d urgence"), so French elisions never hide the word behind them.
 _TOKEN = re.compile(r"[^\W_]+|[,.;:!?¡¿\n]")
@@ -255,29 +256,31 @@ def _read(folded: str) -> tuple[list[str], list[_Hit]]:
     """The tokens of `folded` and the lexicon phrases in them, longest first, without overlaps."""
     tokens = _TOKEN.findall(folded)
     hits = []
-    i, n = 0, len(tokens)
-    while i < n:
-        size = min(_LONGEST.get(tokens[i], 0), n - i)
-        while size:
+    n = len(tokens)
+    free = 0  # tokens before this one belong to a phrase already found
+    for i in [i for i, token in enumerate(tokens) if token in _LONGEST]:
+        if i < free:
+            continue
+        for size in range(min(_LONGEST[tokens[i]], n - i), 0, -1):
             cue = _LEXICON.get(tokens[i] if size == 1 else " ".join(tokens[i : i + size]))
             if cue is not None:
                 hits.append(_Hit(cue, i, i + size))
+                free = i + size
                 break
-            size -= 1
-        i += size or 1
     return tokens, hits
 
 
 # --- tone -----------------------------------------------------------------------------------------
 
 _DEAR = re.compile(r"(?:\A|\n)\W*dear\b")
-_SYMBOLS = re.compile(
-    "(?P<angry>[😡🤬😠😤💢🙄👎😒🖕]"
-    r"|(?<!\S)(?:>:-?\(|:@|-_-)(?!\S))"
-    "|(?P<happy>[😊🙂😀😃😄😁😆😉🙏👍👌❤💕💖💗💙💛💚😍🥰🤗🎉🙌☺😘✨🥳👏💯😇]"
-    r"|(?<!\S)(?:[:;=]-?[)D\]pP]|<3|\^_?\^)(?!\S))"
+_ANGRY_EMOJI = re.compile("[😡🤬😠😤💢🙄👎😒🖕]")
+_HAPPY_EMOJI = re.compile("[😊🙂😀😃😄😁😆😉🙏👍👌❤💕💖💗💙💛💚😍🥰🤗🎉🙌☺😘✨🥳👏💯😇]")
+# Emoticons count only standing alone between spaces ("10:30)" is not a smile).
+_HAPPY_EMOTICONS = frozenset(
+    ":) :-) :)) ;) ;-) =) :] :D :-D ;D xD XD :p :P :-p :-P <3 ^^ ^_^".split()
 )
-_MAYBE_SYMBOLS = frozenset(":;=<>^-")
+_ANGRY_EMOTICONS = frozenset(">:( >:-( :@ -_- >_<".split())
+_EMOTICON_CHARS = frozenset(":;=<>^_")
 _CAPS_PAIR = re.compile(r"[A-ZÀ-ÖØ-Þ]{2}")
 _LETTER_WORD = re.compile(r"[^\W\d_]+")
 
@@ -299,12 +302,15 @@ def _tone(text: str, folded: str, hits: list[_Hit]) -> Tone:
             formal += 1
     if _DEAR.search(folded):
         formal += 1
-    if not text.isascii() or not _MAYBE_SYMBOLS.isdisjoint(text):
-        for symbol in _SYMBOLS.finditer(text):
-            if symbol.lastgroup == "angry":
-                frustrated += 2  # 😡 alone says it all
-            else:
+    if not text.isascii():
+        frustrated += 2 * len(_ANGRY_EMOJI.findall(text))  # 😡 alone says it all
+        friendly += len(_HAPPY_EMOJI.findall(text))
+    if not _EMOTICON_CHARS.isdisjoint(text):
+        for chunk in text.split():
+            if chunk in _HAPPY_EMOTICONS:
                 friendly += 1
+            elif chunk in _ANGRY_EMOTICONS:
+                frustrated += 1
     if "!!!" in text or "?!" in text or "!?" in text or _shouting(text):
         if friendly > frustrated:
             friendly += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -84,6 +85,17 @@ def test_serve_on_the_embedded_default_persists_across_restarts_and_keeps_secret
             req = urllib.request.Request(base + "/webhooks/twilio", data=body, headers=headers, method="POST")
             with urllib.request.urlopen(req, timeout=10) as resp:
                 assert resp.status == 200
+            # The agent worker inside `serve` picks the message up with no network: classified, enriched, logged.
+            posted = time.monotonic()
+            while time.monotonic() - posted < 30:
+                status, data = _get(base + "/api/agent-logs?agent=enrichment",
+                                    {"Authorization": f"Bearer {support.API_KEY}"})
+                if status == 200 and len(json.loads(data)["items"]) == round_ + 1:
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the message was never processed by the agents")
+            print(f"webhook to decision log: {time.monotonic() - posted:.3f} s")
             # Meta's handshake puts the verify token in the query string: it must not reach a log line.
             _get(base + f"/webhooks/whatsapp?hub.mode=subscribe&hub.challenge=1&hub.verify_token={support.VERIFY_TOKEN}")
             status, data = _get(base + "/api/conversations?phone=%2B14155550101",
@@ -95,7 +107,6 @@ def test_serve_on_the_embedded_default_persists_across_restarts_and_keeps_secret
             logs += out + err
         assert proc.returncode == 0, err[-2000:]
     # The second process found the first one's message: the embedded database persisted.
-    import json
     conv = json.loads(data)["items"][0]
     assert (tmp_path / "home" / "pg" / "PG_VERSION").exists()
     env_ok = {"Authorization": f"Bearer {support.API_KEY}"}
@@ -121,3 +132,17 @@ def test_serve_on_the_embedded_default_persists_across_restarts_and_keeps_secret
                    support.ACCESS_TOKEN):
         assert secret not in logs
     assert "+14155550101" not in logs
+
+
+def test_classify_reads_lines_on_stdin_and_writes_json_lines(tmp_path):
+    lines = ["please stop texting me", "I can stop by tomorrow", "", "¿Tienen cita el sábado?", "STOP"]
+    result = subprocess.run([sys.executable, "-m", "services.cli", "classify"], env=_env(tmp_path),
+                            input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o["text"] for o in out] == [t for t in lines if t]
+    assert [o["intent"] for o in out] == ["opt_out", out[1]["intent"], "booking", "opt_out"]
+    assert out[1]["intent"] != "opt_out"
+    assert out[2]["language"] == "es" and out[3]["implementation"] == "rules"
+    assert all(set(o) >= {"text", "intent", "confidence", "language", "implementation"} for o in out)
+    assert all(0 <= o["confidence"] <= 1 for o in out)
