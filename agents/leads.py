@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
@@ -62,27 +62,60 @@ class Applied:
     changes: dict[str, dict[str, Any]]
 
 
-async def apply(conn: asyncpg.Connection, e: Enrichment, actor: str) -> Applied:
-    """Upsert the lead, write its insert/update action and lead.created / lead.updated events."""
-    row = await conn.fetchrow(Q.upsert_lead, e.tenant_id, e.user_id, e.name, e.email, e.language, e.ai_summary,
-                              e.intent, e.tone, e.urgency, Decimal(str(round(e.confidence, 2))), e.is_test,
-                              e.message_id)
-    previous: Mapping[str, Any] | None = row["previous"]
+async def apply_many(conn: asyncpg.Connection, batch: Sequence[Enrichment], actor: str) -> list[Applied]:
+    """Upsert a batch of leads in a few statements; write their insert/update actions and
+    lead.created / lead.updated events. Returns one Applied per enrichment, in order."""
+    applied: list[Applied | None] = [None] * len(batch)
+    # One user may appear twice in a batch (an SMS and a WhatsApp conversation): a single upsert
+    # statement cannot touch a row twice, so such repeats go in a later round.
+    rounds: list[list[int]] = []
+    seen: dict[tuple[int, int], int] = {}
+    for index, e in enumerate(batch):
+        key = (e.tenant_id, e.user_id)
+        depth = seen.get(key, 0)
+        seen[key] = depth + 1
+        if depth == len(rounds):
+            rounds.append([])
+        rounds[depth].append(index)
+    actions: list[tuple[Any, ...]] = []
+    evts: list[events.Event] = []
+    for indexes in rounds:
+        items = [batch[i] for i in indexes]
+        keys = ([e.tenant_id for e in items], [e.user_id for e in items])
+        previous = {(r["tenant_id"], r["user_id"]): r for r in await conn.fetch(Q.lock_leads, *keys)}
+        confidences = [Decimal(str(round(e.confidence, 2))) for e in items]
+        rows = await conn.fetch(Q.upsert_leads, *keys, [e.name for e in items], [e.email for e in items],
+                                [e.language for e in items], [e.ai_summary for e in items],
+                                [e.intent for e in items], [e.tone for e in items], [e.urgency for e in items],
+                                confidences, [e.is_test for e in items], [e.message_id for e in items])
+        ids = {(r["tenant_id"], r["user_id"]): r["id"] for r in rows}
+        for i, e in zip(indexes, items, strict=True):
+            old = previous.get((e.tenant_id, e.user_id))
+            lead_id = ids[(e.tenant_id, e.user_id)]
+            changes = _changes(old, e)
+            action, event = (ActionType.INSERT, "lead.created") if old is None else (ActionType.UPDATE, "lead.updated")
+            if old is None or changes:
+                actions.append((e.tenant_id, lead_id, action.value, None, None, False, None, changes, actor,
+                                e.message_id, e.is_test))
+                evts.append(events.Event(e.tenant_id, event, e.conversation_id, e.user_id, e.message_id,
+                                         {"lead_id": lead_id, "changes": sorted(changes)}))
+            applied[i] = Applied(lead_id, old is None, changes)
+    if actions:
+        await conn.executemany(Q.insert_action, actions)
+    await events.emit_many(conn, evts)
+    return [a for a in applied if a is not None]
+
+
+def _changes(old: Mapping[str, Any] | None, e: Enrichment) -> dict[str, dict[str, Any]]:
     new = {"name": e.name, "email": e.email, "language": e.language, "intent": e.intent, "tone": e.tone,
            "urgency": e.urgency, "confidence_score": round(e.confidence, 2)}
-    if previous is None:
-        changes = {k: {"from": None, "to": v} for k, v in new.items() if v is not None}
-        action, event = ActionType.INSERT, "lead.created"
-    else:
-        changes = {k: {"from": previous.get(k), "to": v} for k, v in new.items()
-                   if v is not None and _differs(previous.get(k), v)}
-        action, event = ActionType.UPDATE, "lead.updated"
-    if previous is None or changes:
-        await conn.execute(Q.insert_action, e.tenant_id, row["id"], action.value, None, None, False, None,
-                           changes, actor, e.message_id, e.is_test)
-        await events.emit(conn, events.Event(e.tenant_id, event, e.conversation_id, e.user_id, e.message_id,
-                                             {"lead_id": row["id"], "changes": sorted(changes)}))
-    return Applied(row["id"], previous is None, changes)
+    if old is None:
+        return {k: {"from": None, "to": v} for k, v in new.items() if v is not None}
+    return {k: {"from": _plain(old[k]), "to": v} for k, v in new.items() if v is not None and _differs(old[k], v)}
+
+
+def _plain(value: Any) -> Any:
+    return float(value) if isinstance(value, Decimal) else value
 
 
 def _differs(old: Any, new: Any) -> bool:

@@ -1,20 +1,28 @@
--- name: upsert_lead
--- Histories append {value, timestamp} only when the value changes; the row lock taken by the upsert
--- makes that comparison safe even when two conversations of one user update the lead at once.
--- $1 = tenant_id, $2 = user_id, $3 = name, $4 = email, $5 = language, $6 = ai_summary, $7 = intent,
--- $8 = tone, $9 = urgency, $10 = confidence, $11 = is_test, $12 = message id
-WITH old AS (
-    SELECT id, name, email, language, intent, tone, urgency, confidence_score
-    FROM lead_memory WHERE tenant_id = $1 AND user_id = $2
-)
+-- name: lock_leads
+-- The current state of the batch's leads, locked until the batch commits so changes are computed
+-- against what is really there. $1 = tenant ids, $2 = user ids
+SELECT l.id, l.tenant_id, l.user_id, l.name, l.email, l.language, l.intent, l.tone, l.urgency, l.confidence_score
+FROM lead_memory l
+JOIN unnest($1::bigint[], $2::bigint[]) AS k (tenant_id, user_id) ON k.tenant_id = l.tenant_id AND k.user_id = l.user_id
+ORDER BY l.id
+FOR UPDATE OF l;
+
+-- name: upsert_leads
+-- One row per (tenant, user); histories append {value, timestamp} only when the value changes.
+-- $1 = tenant ids, $2 = user ids, $3 = names, $4 = emails, $5 = languages, $6 = ai summaries, $7 = intents,
+-- $8 = tones, $9 = urgencies, $10 = confidences, $11 = is_test flags, $12 = message ids
 INSERT INTO lead_memory AS l (tenant_id, user_id, name, email, language, ai_summary, intent, tone, urgency,
                               confidence_score, tone_history, urgency_history, confidence_history, is_test,
                               last_message_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-        jsonb_build_array(jsonb_build_object('value', $8::text, 'timestamp', now())),
-        jsonb_build_array(jsonb_build_object('value', $9::text, 'timestamp', now())),
-        jsonb_build_array(jsonb_build_object('value', $10::numeric, 'timestamp', now())),
-        $11, $12)
+SELECT i.tenant_id, i.user_id, i.name, i.email, i.language, i.ai_summary, i.intent, i.tone, i.urgency, i.confidence,
+       jsonb_build_array(jsonb_build_object('value', i.tone, 'timestamp', now())),
+       jsonb_build_array(jsonb_build_object('value', i.urgency, 'timestamp', now())),
+       jsonb_build_array(jsonb_build_object('value', i.confidence, 'timestamp', now())),
+       i.is_test, i.message_id
+FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+            $9::text[], $10::numeric[], $11::boolean[], $12::bigint[])
+     AS i (tenant_id, user_id, name, email, language, ai_summary, intent, tone, urgency, confidence, is_test,
+           message_id)
 ON CONFLICT ON CONSTRAINT lead_memory_tenant_user_key DO UPDATE SET
     name = COALESCE(EXCLUDED.name, l.name),
     email = COALESCE(EXCLUDED.email, l.email),
@@ -33,7 +41,7 @@ ON CONFLICT ON CONSTRAINT lead_memory_tenant_user_key DO UPDATE SET
     is_test = l.is_test OR EXCLUDED.is_test,
     last_message_id = EXCLUDED.last_message_id,
     updated_at = now()
-RETURNING l.id, (SELECT row_to_json(old) FROM old) AS previous;
+RETURNING l.id, l.tenant_id, l.user_id;
 
 -- name: insert_action
 -- $1 = tenant_id, $2 = lead id, $3 = action_type, $4 = tag, $5 = previous_tag, $6 = conversion_outcome,

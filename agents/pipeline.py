@@ -20,7 +20,7 @@ import asyncpg
 from agents import decision_log, leads, replies, signals
 from agents.decision_log import Entry, Status
 from agents.intent import Classification, Classifier, Intent
-from agents.summarizer import Direction, LocalSummarizer, Summarizer, SummaryInput
+from agents.summarizer import Direction, Summarizer, SummaryInput
 from agents.worker import Claim, TaskFailed
 from db import queries
 from services import events
@@ -57,13 +57,29 @@ class Outcome:
     summary: tuple[int, int, Any] | None = None  # (up_to_message_id, message_count, Summary)
 
 
+_INTENT_PHRASES = {
+    Intent.OPT_OUT: "Asked to stop receiving messages", Intent.OPT_IN: "Asked to receive messages again",
+    Intent.HELP: "Asked for help", Intent.INTERESTED: "Interested", Intent.NOT_INTERESTED: "Not interested",
+    Intent.QUESTION: "Has a question", Intent.BOOKING: "Wants to book, reschedule or cancel an appointment",
+    Intent.COMPLAINT: "Complained", Intent.WRONG_NUMBER: "Says this is the wrong number", Intent.OTHER: "Replied",
+}
+
+
+def lead_synopsis(result: Classification, sig: signals.Signals, text: str, conversation_summary: str | None) -> str:
+    """The lead's ai_summary: where the lead stands now, then the conversation's stored summary (written
+    every 50 messages). Built from what was just decided, so it costs microseconds per message."""
+    latest = text if len(text) <= 160 else text[:157].rstrip() + "..."
+    line = (f"{_INTENT_PHRASES[result.intent]} ({sig.urgency.value} urgency, {sig.tone.value} tone). "
+            f"Latest: \u201c{latest}\u201d")
+    return f"{line} Earlier: {conversation_summary}" if conversation_summary else line
+
+
 class Pipeline:
     def __init__(self, settings: Settings, classifier: Classifier, summarizer: Summarizer,
                  uses_context: bool) -> None:
         self.settings = settings
         self.classifier = classifier
         self.summarizer = summarizer
-        self.local_summarizer = LocalSummarizer()
         # The local classifier reads one message; only the LLM is given the conversation's context.
         self.uses_context = uses_context
 
@@ -180,8 +196,7 @@ class Pipeline:
         started = time.perf_counter()
         previous = float(row["lead_confidence"]) if row["lead_confidence"] is not None else None
         sig = signals.extract(text, result, previous)
-        summary = row["conversation_summary"] or self.local_summarizer.summarize_sync(
-            row["lead_summary"], [SummaryInput(Direction.INBOUND, text, row["message_at"])]).text
+        summary = lead_synopsis(result, sig, text, row["conversation_summary"])
         out.enrichment = leads.Enrichment(
             out.tenant_id, out.user_id, out.conversation_id, out.message_id, sig.name, sig.email,
             result.language if result.language != "und" else None, summary, result.intent.value,
@@ -234,22 +249,26 @@ class Pipeline:
                                              o.user_id, o.message_id, {"source": "classifier"}))
                 for reply in o.replies:
                     await replies.enqueue(conn, reply)
-                if o.enrichment is not None:
-                    started = time.perf_counter()
-                    applied = await leads.apply(conn, o.enrichment, actor="agent:enrichment")
-                    e = o.enrichment
-                    entries.append(Entry(
-                        o.tenant_id, "enrichment", "enrich", o.conversation_id, o.message_id, o.task_id,
-                        input={"intent": e.intent, "lead_id": applied.lead_id},
-                        output={"tone": e.tone, "urgency": e.urgency, "confidence_score": round(e.confidence, 2),
-                                "name": e.name, "email": e.email, "language": e.language,
-                                "created": applied.created, "changed": sorted(applied.changes)},
-                        latency_ms=o.enrichment_started + (time.perf_counter() - started) * 1000,
-                        implementation="local"))
                 if o.summary is not None:
                     up_to, count, summary = o.summary
                     await conn.execute(Q.insert_summary, o.tenant_id, o.conversation_id, up_to, count, summary.text,
                                        summary.implementation, summary.model)
+            enriched = [o for o in mine if o.enrichment is not None]
+            started = time.perf_counter()
+            applied = await leads.apply_many(conn, [o.enrichment for o in enriched if o.enrichment],
+                                             actor="agent:enrichment")
+            share = (time.perf_counter() - started) * 1000 / max(1, len(enriched))
+            for o, a in zip(enriched, applied, strict=True):
+                e = o.enrichment
+                assert e is not None
+                entries.append(Entry(
+                    o.tenant_id, "enrichment", "enrich", o.conversation_id, o.message_id, o.task_id,
+                    input={"intent": e.intent, "lead_id": a.lead_id},
+                    output={"tone": e.tone, "urgency": e.urgency, "confidence_score": round(e.confidence, 2),
+                            "name": e.name, "email": e.email, "language": e.language, "created": a.created,
+                            "changed": sorted(a.changes)},
+                    latency_ms=o.enrichment_started + share, implementation="local"))
+            for o in mine:
                 entries.extend(o.log)
                 evts.extend(o.events)
             await decision_log.insert(conn, entries, self.settings.openai_prices,

@@ -18,7 +18,8 @@ What counts as a phone number, in order:
   Unix timestamp starts with 1 and is left alone, as are order numbers of 8 digits or fewer.
 
 Numbers glued to letters (Twilio's "SM0123...", hex ids, UUID tails), dates ("2026-11-22",
-"22.11.2026"), times, ZIP+4 codes and IPv4 addresses are never phone numbers. Numbers without "+" are
+"22.11.2026"), times and ranges of years or hours ("2019-2026", "0900-1730"), ZIP+4 codes and IPv4
+addresses are never phone numbers. Numbers without "+" are
 masked to stars and their last two digits ("**********01"): without a country code there is nothing more
 worth keeping.
 
@@ -28,6 +29,7 @@ An email address keeps its first character and its domain: "jane.doe@example.com
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any, TypeVar, cast
 
 import phonenumbers
@@ -50,6 +52,8 @@ _SKIP = (
     r"\d{4}-\d{2}-\d{2}(?:[T ]\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+\-]\d{2}(?::?\d{2})?)?)?"
     # Day-month-year with a four-digit year; "06.12.34.56.78" must stay a phone number.
     r"|\d{1,2}(?P<dsep>[.\-])\d{1,2}(?P=dsep)\d{4}(?![.\-]?\d)"
+    r"|(?:19|20)\d{2} ?[\-\u2013] ?(?:19|20)\d{2}(?![.\-]?\d)"  # years: "2019-2026"
+    r"|(?:[01]\d|2[0-3])[0-5]\d ?[\-\u2013] ?(?:[01]\d|2[0-3])[0-5]\d(?![.\-]?\d)"  # hours: "0900-1730"
     r"|\d{5}-\d{4}(?![.\-]?\d)"  # ZIP+4
     r"|\d{1,3}(?:\.\d{1,3}){3}(?![.\d])"  # IPv4
 )
@@ -100,53 +104,42 @@ def _mask_str(value: str) -> str:
     return value if masked == value else masked
 
 
-class _Frame:
-    __slots__ = ("items", "out", "source", "parent", "key")
+def _children(container: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> Iterator[tuple[Any, Any]]:
+    return iter(container.items()) if isinstance(container, dict) else enumerate(container)
 
-    def __init__(self, source: Any, out: Any, parent: Any, key: Any) -> None:
-        self.items = iter(source.items()) if isinstance(source, dict) else enumerate(source)
-        self.source = source
-        self.out = out
-        self.parent = parent
-        self.key = key
+
+def _empty_like(container: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> Any:
+    # Lists (and tuples, frozen once full) are pre-sized, so every output is filled by `out[key] = ...`.
+    return {} if isinstance(container, dict) else [None] * len(container)
 
 
 def _mask_container(root: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> Any:
     # Depth-first with an explicit stack: nesting depth is bounded by memory, not the recursion limit.
-    # Tuples are built as lists and frozen when their frame is done.
-    root_out: Any = {} if isinstance(root, dict) else []
-    stack = [_Frame(root, root_out, None, None)]
+    # A frame is (children left to visit, output, source, parent's output, key in the parent).
+    root_out = _empty_like(root)
+    stack = [(_children(root), root_out, root, None, None)]
     on_path = {id(root)}
     while stack:
-        frame = stack[-1]
-        for key, child in frame.items:
+        children, out, source, parent, slot = stack[-1]
+        for key, child in children:
             if isinstance(child, str):
-                masked: Any = _mask_str(child)
+                out[key] = _mask_str(child)
             elif isinstance(child, dict | list | tuple):
                 if id(child) in on_path:
-                    masked = _CYCLE
-                else:
-                    masked = {} if isinstance(child, dict) else []
-                    _put(frame.out, key, masked)
-                    stack.append(_Frame(child, masked, frame.out, key))
-                    on_path.add(id(child))
-                    break
+                    out[key] = _CYCLE
+                    continue
+                out[key] = child_out = _empty_like(child)
+                stack.append((_children(child), child_out, child, out, key))
+                on_path.add(id(child))
+                break
             else:
-                masked = child
-            _put(frame.out, key, masked)
+                out[key] = child
         else:
             stack.pop()
-            on_path.discard(id(frame.source))
-            if isinstance(frame.source, tuple) and frame.parent is not None:
-                frame.parent[frame.key] = tuple(frame.out)
+            on_path.discard(id(source))
+            if isinstance(source, tuple) and parent is not None:
+                parent[slot] = tuple(out)
     return tuple(root_out) if isinstance(root, tuple) else root_out
-
-
-def _put(out: dict[Any, Any] | list[Any], key: Any, value: Any) -> None:
-    if isinstance(out, dict):
-        out[key] = value
-    else:
-        out.append(value)  # list frames are filled in order, so `key` is the next index
 
 
 def _replace_email(match: re.Match[str]) -> str:

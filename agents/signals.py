@@ -113,8 +113,11 @@ _PHRASES: dict[_Cue, tuple[str, ...]] = {
         "incompetent", "unprofessional", "outrageous", "angry", "furious", "pissed", "pissed off",
         "annoy{ed|ing}", "frustrat{ed|ing}", "fed up", "sick and tired", "sick of", "wtf", "wth", "ffs",
         "bullshit", "crap", "what the {hell|heck|fuck}", "scam", "scammer{|s}", "rip off", "ripoff", "rude",
-        "disappoint{ed|ing}", "disgust{ed|ing}", "still {waiting|no|nothing|not}", "still {haven|hasn}{'|}t",
-        "been waiting", "{no one|noone|nobody} {called|came|showed|answered|responded|replied|got back}",
+        "disappoint{ed|ing}", "disgust{ed|ing}", "still waiting", "still nothing",
+        "still no {one|answer|reply|call|callback|response|word|news|show}", "{no one|noone|nobody} {called|came|showed|answered|answers|responded|replied|got back}",
+        "{no one|noone|nobody} {calls back|fixes|helps|is helping}", "nightmare", "shady", "upset", "unhappy",
+        "smh", "not cool", "{a|absolute} joke", "mediocre", "wasted", "for nothing", "never again",
+        "bad {experience|review}",
         "never {called|came|showed|showed up|answered|responded|replied|got back}", "how many times",
         "{second|third|3rd|fourth|4th} time", "waste of {|my }{time|money}", "thanks for nothing",
         "not {happy|satisfied|ok|okay|acceptable|impressed|great|good enough}",
@@ -123,15 +126,21 @@ _PHRASES: dict[_Cue, tuple[str, ...]] = {
         "ridicule", "inadmissible", "inacceptable", "honteux", "honte", "scandal{e|eux|euse}", "nul", "nulle",
         "lamentable", "pitoyable", "deplorable", "incompetent{|s|e|es}", "enerv{e|ee|ant|ante}",
         "agac{e|ee|ant|ante}", "furieu{x|se}", "en colere", "marre", "ras le bol",
-        "toujours {pas|rien|aucun|aucune|personne}", "personne {n'est|ne m'a|n'a|ne repond}",
+        "toujours {rien|aucun|aucune|personne}", "toujours pas de", "personne {n'est|ne m'a|n'a|ne repond}",
         "jamais {eu|rappele|venu|repondu}", "n'importe quoi", "c'est une blague", "arnaque",
         "escroc{|s|erie}", "decu{|e|s|es}", "decevant{|e}", "le pire", "c'est pire",
         "pas {content|contente|satisfait|satisfaite}", "perte de temps", "se fout", "foutez", "merde", "putain",
+        "desagreable", "mecontent{|e|s|es}", "impoli{|e|s|es}", "c'est du vol", "plus jamais",
+        "je ne reviendrai pas", "peu professionnel{|le}", "mauvaise experience", "mauvais avis", "pour rien",
+        "attends toujours", "personne ne rappelle",
         # es
         "ridicul{o|a}", "inaceptable", "inadmisible", "vergonzos{o|a}", "verguenza", "pesim{o|a}", "fatal",
-        "hart{o|a|os|as}", "molest{o|a}", "enojad{o|a}", "enfadad{o|a}", "furios{o|a}", "indignad{o|a}",
-        "decepcion", "decepcionad{o|a}", "estafa", "todavia {no|nada|nadie|sin}", "aun {no|nada|sin}",
-        "nadie {|me }{llamo|vino|contesto|respondio}", "nunca {|me }{llamaron|vinieron|contestaron}",
+        "hart{o|a|os|as}", "{estoy|muy} molest{o|a}", "enojad{o|a}", "enfadad{o|a}", "furios{o|a}", "indignad{o|a}",
+        "decepcion", "decepcionad{o|a}", "estafa", "{todavia|aun} {nada|nadie|sin}",
+        "{todavia|aun} no {llega|llegan|llego|viene|vienen|contestan|me llaman|me han}",
+        "nadie {|me }{llamo|vino|contesto|respondio|contesta|ayuda|regresa|devuelve}", "nadie viene",
+        "nunca {|me }{llamaron|vinieron|contestaron}", "groser{o|a|os|as}", "inconforme", "abuso", "coraje",
+        "nunca mas", "no vuelvo", "poco profesional", "mala {experiencia|resena}", "sigo esperando",
         "mal servicio", "perdida de tiempo", "no estoy {content|satisfech}{o|a}", "es el colmo", "una burla",
         "maldit{o|a}", "mierda", "carajo", "no puede ser",
     ),
@@ -347,6 +356,7 @@ _NEGATORS = frozenset(
     "not no never nothing t isnt aint dont doesnt cant cannot wont without"
     " pas rien jamais sans ni nada nunca sin tampoco".split()
 )
+_NEGATION_REACH = 3
 _NEGATORS_AFTER = frozenset({"no", "pas", "non"})  # "hoy no", "aujourd'hui pas possible"
 _NEVER_URGENT = frozenset({Intent.OPT_OUT, Intent.OPT_IN, Intent.NOT_INTERESTED, Intent.WRONG_NUMBER})
 _BASELINE = {
@@ -385,8 +395,9 @@ def _urgency(intent: Intent, tokens: list[str], hits: list[_Hit], message_tone: 
 
 
 def _negated(tokens: list[str], hit: _Hit) -> bool:
-    # Up to two words before the cue, within its clause: "not urgent", "no es urgente", "rien d'urgent".
-    for token in reversed(tokens[max(0, hit.start - 2) : hit.start]):
+    # Up to three words before the cue, within its clause: "not urgent", "no es urgente", "rien d'urgent",
+    # "don't need it today".
+    for token in reversed(tokens[max(0, hit.start - _NEGATION_REACH) : hit.start]):
         if token in _CLAUSE_BREAKS:
             break
         if token in _NEGATORS:
@@ -443,11 +454,12 @@ def _clamp(value: float, if_nan: float) -> float:
 # "my name is ..." is unambiguous: the name may be written in lower case. The short triggers ("I'm",
 # "this is", "soy") are followed by a name only when the word is capitalised.
 _STRONG_TRIGGER = r"my\s+name\s+is|my\s+name's|je\s+m'\s*appelle|mon\s+nom\s+(?:est|c'est)|me\s+llamo|mi\s+nombre\s+es"
-_WEAK_TRIGGER = r"this\s+is|i\s*'?\s*m|i\s+am|it\s*'?\s*s|moi\s*,?\s+c'est|ici|soy|habla"
+_WEAK_TRIGGER = r"this\s+is|i\s*'?\s*m|i\s+am|it\s*'?\s*s|je\s+suis|moi\s*,?\s+c'est|ici|soy|habla"
 _TRIGGER = re.compile(rf"\b(?:(?P<strong>{_STRONG_TRIGGER})|(?P<weak>{_WEAK_TRIGGER}))[ \t]+")
 _TRIGGER_ANY_CASE = re.compile(_TRIGGER.pattern, re.IGNORECASE)
 # "C'est Marie ici", "c'est Marie à l'appareil".
 _CEST_ICI = re.compile(r"\bc'est[ \t]+(?P<name>[^\W\d_][^\n]{0,60}?)[ \t]+(?:ici|[àa] l'appareil)\b", re.IGNORECASE)
+_DENIAL = re.compile(r"(?:^|\W)no[ \t]+$", re.IGNORECASE)
 _NAME_WORD = re.compile(r"[^\W\d_]+(?:['\-][^\W\d_]+)*")
 _NAME_GAP = re.compile(r"[ \t]+")
 _TITLE = re.compile(
@@ -473,10 +485,10 @@ _NOT_NAMES = frozenset(
     monday tuesday wednesday thursday friday saturday sunday january february march april may june july
     august september october november december english french spanish american canadian mexican british
     urgent important serious kidding joking test testing
-    moi toi lui elle nous vous le la les un une de du des bien pas tres trop super parfait interesse
+    moi toi lui elle nous vous le la les un une de du des en au aux bien pas tres trop super parfait interesse
     interessee dispo disponible occupe occupee libre pret prete la-bas demain ce cette et ou mais donc car
     pour avec sans chez sur dans encore aussi deja juste vraiment merci bonjour bonsoir salut madame
-    monsieur nouveau nouvelle cliente patiente francais francaise moi-meme possible urgent pareil
+    monsieur nouveau nouvelle cliente patiente francais francaise possible urgent pareil desole desolee
     lundi mardi mercredi jeudi vendredi samedi dimanche janvier fevrier mars avril mai juin juillet aout
     septembre octobre novembre decembre
     yo el los las una del muy mal nueva su tu mi casado casada soltero soltera alergico alergica
@@ -512,6 +524,8 @@ def stated_name(text: str) -> str | None:
     # lower-casing changed its length ("İ" -> "i̇"), which is rare enough to take the slow path.
     triggers = _TRIGGER.finditer(lowered) if len(lowered) == len(text) else _TRIGGER_ANY_CASE.finditer(text)
     for trigger in triggers:
+        if _DENIAL.search(text, max(0, trigger.start() - 4), trigger.start()):
+            continue  # "No soy Carlos", "no me llamo Daniela": the opposite of an introduction
         name = _read_name(text, trigger.end(), strict=trigger.group("weak") is not None)
         if name:
             return name
@@ -559,7 +573,7 @@ def _is_name_word(word: str) -> bool:
     if not 2 <= len(word) <= 24:
         return False
     folded = _fold(word)
-    if folded in _NOT_NAMES or folded in _LEXICON:
+    if folded in _NOT_NAMES or (folded in _LEXICON and len(folded) > 2):  # "This is Ridiculous"; "Ty" is a name
         return False
     return not (len(folded) > 5 and folded.endswith("ing"))  # "I'm Calling about..."
 

@@ -358,14 +358,17 @@ def wait_ready(name: str, proc: subprocess.Popen[bytes], port: int, log_path: Pa
     raise SystemExit(f"{name} not ready after {timeout_s:.0f}s (log: {log_path})")
 
 
-def cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes so far (those that exited are skipped)."""
-    total = 0
+def sched_s(pids: list[int]) -> tuple[float, float]:
+    """Seconds these processes (every thread) ran on a CPU, and spent runnable but waiting for one,
+    so far (/proc/PID/task/TID/schedstat; processes that exited are skipped)."""
+    ran = waited = 0
     for pid in pids:
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    on_cpu, runq, _ = (task / "schedstat").read_text().split()
+                    ran, waited = ran + int(on_cpu), waited + int(runq)
+    return ran / 1e9, waited / 1e9
 
 
 def rusage_s(who: int) -> float:
@@ -531,7 +534,7 @@ class Run:
         PostgreSQL did meanwhile."""
         parley = target == "parley"
         watched = {"server": [self.pids[target]], **({"postgres": postgres_pids(self.postmaster)} if parley else {})}
-        before = {k: cpu_s(v) for k, v in watched.items()}
+        before = {k: sched_s(v) for k, v in watched.items()}
         gen_before, self_before, machine_before = (
             rusage_s(resource.RUSAGE_CHILDREN),
             rusage_s(resource.RUSAGE_SELF),
@@ -570,7 +573,8 @@ class Run:
         if sampler:
             sampler.stop_flag.set()
             sampler.join()
-        cpu = {k: (cpu_s(watched[k]) - before[k]) / wall for k in watched}
+        after = {k: sched_s(v) for k, v in watched.items()}
+        cpu = {k: (after[k][0] - before[k][0]) / wall for k in watched}
         cpu["load generator"] = (rusage_s(resource.RUSAGE_CHILDREN) - gen_before) / wall  # incl. py-spy
         cpu["bench"] = (rusage_s(resource.RUSAGE_SELF) - self_before) / wall
         busy, steal = (b - a for a, b in zip(machine_before, machine_cpu_s(), strict=True))
@@ -578,6 +582,8 @@ class Run:
         cpu["other processes"] = max(0.0, busy / wall - sum(cpu.values()))
         cpu["stolen"] = steal / wall
         result["cpu_cores"] = cpu
+        # Runnable but not running: a server starved of CPU shows it here, not in its CPU use.
+        result["server_cpu_wait_per_s"] = (after["server"][1] - before["server"][1]) / wall
         if pg_before:
             after = sql(self.dsn, PG_COUNTERS)[0]
             result["postgres"] = {k: (after[k] or 0) - (pg_before[k] or 0) for k in after}
@@ -759,12 +765,11 @@ def verify(run: Run) -> dict[str, Any]:
 
 def _frame_package(frame: str) -> str:
     path = frame[frame.rfind("(") + 1 :].rstrip(")").rsplit(":", 1)[0]
-    if "site-packages/" in path:
-        return path.split("site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
+    path = path.split("site-packages/", 1)[-1]  # py-spy shortens paths; these are for full ones
     for top in ("services/", "db/", "agents/"):
-        if top in path:
+        if path.startswith(top) or f"/{top}" in path:
             return top + path.split(top, 1)[1].split("/", 1)[0].removesuffix(".py")
-    return "stdlib:" + Path(path).stem
+    return path.split("/", 1)[0].removesuffix(".py") if "/" in path else Path(path).stem
 
 
 def profile_summary(path: str, expected_samples: float, top: int = 12) -> list[str]:
@@ -850,7 +855,11 @@ def report(run: Run, check: dict[str, Any], meta: dict[str, Any]) -> str:
     for t in TARGETS:
         for ph in ("closed", "open"):
             cpu = res[t][ph]["cpu_cores"]
-            lines.append(f"  {t:8s}{ph:7s}" + ", ".join(f"{k} {fmt(v, '.2f')}" for k, v in cpu.items()))
+            lines.append(
+                f"  {t:8s}{ph:7s}"
+                + ", ".join(f"{k} {fmt(v, '.2f')}" for k, v in cpu.items())
+                + f"; server waited for a CPU {res[t][ph]['server_cpu_wait_per_s']:.2f} s/s"
+            )
             if cpu["other processes"] > 0.15 or cpu["stolen"] > 0.15:
                 noisy.append(f"{t} {ph}")
     if noisy:

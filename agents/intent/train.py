@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from agents.intent import Classification, Classifier, Intent
-from agents.intent import local
+from agents.intent import Classification, Classifier, Intent, local
 
 DATA_DIR = Path(__file__).parent / "data"
 TRAIN_PATH = DATA_DIR / "train.jsonl"

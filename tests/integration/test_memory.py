@@ -23,5 +23,5 @@ async def test_summary_is_stored_every_fifty_messages(client, db):
     await drain(client)
     counts = [r["message_count"] for r in await db.fetch("SELECT message_count FROM conversation_summaries ORDER BY id")]
     assert counts == [50, 50]
-    # Once a conversation summary exists, the lead's summary is the latest one before its last message.
-    assert await db.fetchval("SELECT ai_summary FROM lead_memory") == summary["summary"]
+    # Once a conversation summary exists, the lead's summary carries the latest one before its last message.
+    assert summary["summary"] in await db.fetchval("SELECT ai_summary FROM lead_memory")
