@@ -18,10 +18,9 @@ What counts as a phone number, in order:
   Unix timestamp starts with 1 and is left alone, as are order numbers of 8 digits or fewer.
 
 Numbers glued to letters (Twilio's "SM0123...", hex ids, UUID tails), dates ("2026-11-22",
-"22.11.2026"), times and ranges of years or hours ("2019-2026", "0900-1730"), ZIP+4 codes and IPv4
-addresses are never phone numbers. Numbers without "+" are
-masked to stars and their last two digits ("**********01"): without a country code there is nothing more
-worth keeping.
+"22.11.2026"), times, ranges of years or hours ("2019-2026", "0900-1730"), ZIP+4 codes and IPv4
+addresses are never phone numbers. Numbers without "+" become stars and their last two digits
+("********01"): without a country code there is nothing more worth keeping.
 
 An email address keeps its first character and its domain: "jane.doe@example.com" -> "j***@example.com".
 """
@@ -150,7 +149,7 @@ def _replace_email(match: re.Match[str]) -> str:
 def _replace_phone(match: re.Match[str]) -> str:
     candidate = match.group("phone")
     if candidate is None:
-        return match.group(0)  # a date, ZIP+4 or IP address: consumed so no phone match starts inside it
+        return match.group(0)  # a date, range, ZIP+4 or IP address: consumed so no phone starts inside it
     digits = _NOT_DIGIT.sub("", candidate)
     if candidate.startswith(("+", "%2B", "%2b")):
         if candidate[0] == "%":  # URL-encoded "+", as in a provider's query string

@@ -114,11 +114,12 @@ _PHRASES: dict[_Cue, tuple[str, ...]] = {
         "annoy{ed|ing}", "frustrat{ed|ing}", "fed up", "sick and tired", "sick of", "wtf", "wth", "ffs",
         "bullshit", "crap", "what the {hell|heck|fuck}", "scam", "scammer{|s}", "rip off", "ripoff", "rude",
         "disappoint{ed|ing}", "disgust{ed|ing}", "still waiting", "still nothing",
-        "still no {one|answer|reply|call|callback|response|word|news|show}", "{no one|noone|nobody} {called|came|showed|answered|answers|responded|replied|got back}",
-        "{no one|noone|nobody} {calls back|fixes|helps|is helping}", "nightmare", "shady", "upset", "unhappy",
-        "smh", "not cool", "{a|absolute} joke", "mediocre", "wasted", "for nothing", "never again",
-        "bad {experience|review}",
-        "never {called|came|showed|showed up|answered|responded|replied|got back}", "how many times",
+        "still no {one|answer|reply|call|callback|response|word|news|show}",
+        "{no one|noone|nobody} {called|came|showed|answered|answers|responded|replied|got back}",
+        "{no one|noone|nobody} {calls back|fixes|helps|is helping}",
+        "never {called|came|showed|showed up|answered|responded|replied|got back}", "nightmare", "shady",
+        "upset", "unhappy", "smh", "not cool", "{a|absolute} joke", "mediocre", "wasted", "for nothing",
+        "never again", "bad {experience|review}", "how many times",
         "{second|third|3rd|fourth|4th} time", "waste of {|my }{time|money}", "thanks for nothing",
         "not {happy|satisfied|ok|okay|acceptable|impressed|great|good enough}",
         "are you {kidding|serious}", "you people",
@@ -151,16 +152,20 @@ _PHRASES: dict[_Cue, tuple[str, ...]] = {
         "fantastic", "brilliant", "sounds {good|great|perfect}", "cool", "nice", "sweet", "yay", "woohoo",
         "can{'|}t wait", "looking forward", "have a {good|great|nice|lovely} {day|one|evening|weekend}",
         "you{'|}re {the best|awesome|amazing}", "lol", "haha", "hahaha", "hahahaha", "glad", "happy to",
-        "no problem", "no worries", "np", "cheers", "love {it|that|this|you}",
+        "no problem", "no worries", "np", "cheers", "love {it|that|this|you}", "absolutely", "definitely",
+        "happy {holidays|new year|thanksgiving|easter|birthday|4th}", "merry {christmas|xmas}", "good luck",
+        "you too", "same to you",
         # fr
         "merci", "mrc", "mci", "super", "genial{|e}", "parfait{|e}", "excellent{|e}", "formidable",
         "trop {bien|cool|top}", "avec plaisir", "bonne {journee|soiree|fin de journee|semaine}", "bisous",
         "bises", "j'adore", "chouette", "nickel", "impec{|cable}", "mdr", "ptdr", "hate", "a bientot",
-        "{tres|c'est} gentil", "ravi{|e}",
+        "{tres|c'est} gentil", "ravi{|e}", "bien sur", "bonnes {fetes|vacances}", "joyeux noel",
+        "bonne annee",
         # es
         "gracias", "grax", "grcs", "genial", "perfect{o|a}", "excelente", "buenisim{o|a}", "chevere",
         "que bueno", "me encanta", "encantad{o|a}", "muy amable", "con gusto", "de nada", "estupend{o|a}",
         "maravillos{o|a}", "fenomenal", "jaja", "jajaja", "jajajaja", "jeje", "jejeje", "buen dia",
+        "igualmente", "por supuesto", "claro que si", "felices fiestas", "feliz {navidad|ano nuevo|dia}",
     ),
     _Cue.REFUSAL: (
         "{no|nope|nah|non}{|,} {thanks|thank you|thank u|thx|merci|gracias}",
@@ -283,10 +288,10 @@ def _read(folded: str) -> tuple[list[str], list[_Hit]]:
 
 _DEAR = re.compile(r"(?:\A|\n)\W*dear\b")
 _ANGRY_EMOJI = re.compile("[😡🤬😠😤💢🙄👎😒🖕]")
-_HAPPY_EMOJI = re.compile("[😊🙂😀😃😄😁😆😉🙏👍👌❤💕💖💗💙💛💚😍🥰🤗🎉🙌☺😘✨🥳👏💯😇]")
+_HAPPY_EMOJI = re.compile("[😊🙂😀😃😄😁😆😉🙏👍👌❤💕💖💗💙💛💚😍🥰🤗🎉🙌☺😘✨🥳👏💯😇🔥😎]")
 # Emoticons count only standing alone between spaces ("10:30)" is not a smile).
 _HAPPY_EMOTICONS = frozenset(
-    ":) :-) :)) ;) ;-) =) :] :D :-D ;D xD XD :p :P :-p :-P <3 ^^ ^_^".split()
+    ":) :-) :)) ;) ;-) =) :] :D :-D ;D :p :P :-p :-P <3 ^^ ^_^".split()
 )
 _ANGRY_EMOTICONS = frozenset(">:( >:-( :@ -_- >_<".split())
 _EMOTICON_CHARS = frozenset(":;=<>^_")

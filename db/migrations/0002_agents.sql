@@ -98,11 +98,11 @@ CREATE TABLE agent_actions_log (
     error            text,
     created_at       timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX agent_actions_log_recent ON agent_actions_log (id DESC);
 CREATE INDEX agent_actions_log_agent ON agent_actions_log (agent, id DESC);
 CREATE INDEX agent_actions_log_conversation ON agent_actions_log (conversation_id, id DESC);
 CREATE INDEX agent_actions_log_status ON agent_actions_log (status, id DESC);
-CREATE INDEX agent_actions_log_created ON agent_actions_log (created_at);
+-- Append-only and time-ordered: a BRIN index serves since/until filters for a fraction of a btree's cost.
+CREATE INDEX agent_actions_log_created ON agent_actions_log USING brin (created_at);
 CREATE INDEX agent_actions_log_message ON agent_actions_log (message_id) WHERE message_id IS NOT NULL;
 CREATE INDEX agent_actions_log_task ON agent_actions_log (agent_task_id) WHERE agent_task_id IS NOT NULL;
 
