@@ -10,15 +10,15 @@ import hmac
 import logging
 
 from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
 
-from services import appkeys, phone
+from services import appkeys
 from services.channels import twilio, whatsapp_cloud
 from services.channels.base import ChannelKind, InboundMessage, PayloadError
 from services.httperrors import json_error
 from services.inbound import store
-from services.inbound.directory import Channel, Directory
+from services.inbound.directory import Channel
 from services.inbound.public_url import external_url
-from services.runtime import Runtime
 
 log = logging.getLogger("parley.inbound")
 
@@ -34,35 +34,29 @@ def routes() -> list[web.RouteDef]:
     ]
 
 
-def _runtime(request: web.Request) -> Runtime:
-    return request.app[appkeys.RUNTIME]
-
-
-def _directory(request: web.Request) -> Directory:
-    return request.app[appkeys.DIRECTORY]
-
-
 def _bad_request(exc: PayloadError) -> web.Response:
     return json_error(400, f"malformed payload: {exc.field} {exc.problem}", exc.field)
 
 
-async def _twilio_form(request: web.Request) -> tuple[object, web.Response | None]:
+async def _twilio_form(request: web.Request) -> tuple[MultiDictProxy[str], web.Response | None]:
     """The form, once its signature is proven; otherwise the refusal to send."""
+    empty: MultiDictProxy[str] = MultiDictProxy(MultiDict())
     if request.content_type != FORM:
         # Checked before reading: Twilio always posts a form, and request.post() would read other
         # content types as an empty form.
-        return None, json_error(400, f"Content-Type must be {FORM}", "Content-Type")
+        return empty, json_error(400, f"Content-Type must be {FORM}", "Content-Type")
     try:
-        form = await request.post()
+        posted = await request.post()
     except (UnicodeDecodeError, ValueError):
-        return None, json_error(400, "body is not a valid urlencoded form", "body")
-    signature = request.headers.get("X-Twilio-Signature")
-    url = external_url(request, _runtime(request).settings)
-    account_sid = form.get("AccountSid")
-    tokens = await _directory(request).twilio_tokens(account_sid if isinstance(account_sid, str) else None)
+        return empty, json_error(400, "body is not a valid urlencoded form", "body")
+    # A urlencoded body only holds strings (files come with multipart, refused above).
+    form = MultiDictProxy(MultiDict((k, v) for k, v in posted.items() if isinstance(v, str)))
+    signature = request.headers.get(twilio.SIGNATURE_HEADER)
+    url = external_url(request, request.app[appkeys.RUNTIME].settings)
+    tokens = await request.app[appkeys.DIRECTORY].twilio_tokens(form.get("AccountSid"))
     if not signature or not any(twilio.verify_signature(t, url, form, signature) for t in tokens):
         log.warning("twilio signature refused", extra={"path": request.path})
-        return None, json_error(403, "invalid or missing X-Twilio-Signature")
+        return empty, json_error(403, "invalid or missing X-Twilio-Signature")
     return form, None
 
 
@@ -71,11 +65,11 @@ async def twilio_inbound(request: web.Request) -> web.Response:
     if refusal is not None:
         return refusal
     try:
-        msg = twilio.parse_inbound(form)  # type: ignore[arg-type]
+        msg = twilio.parse_inbound(form)
     except PayloadError as exc:
         return _bad_request(exc)
-    channel = await _directory(request).route_twilio(msg.channel_kind, msg.channel_address,
-                                                     msg.messaging_service_sid, msg.account_sid)
+    channel = await request.app[appkeys.DIRECTORY].route_twilio(msg.channel_kind, msg.channel_address,
+                                                                msg.messaging_service_sid, msg.account_sid)
     if channel is None:
         return json_error(404, "unknown receiving number", "To")
     await _store(request, channel, msg)
@@ -87,24 +81,24 @@ async def twilio_status(request: web.Request) -> web.Response:
     if refusal is not None:
         return refusal
     try:
-        update = twilio.parse_status(form)  # type: ignore[arg-type]
+        update = twilio.parse_status(form)
     except PayloadError as exc:
         return _bad_request(exc)
     if update is None:
         return web.Response(status=200)
-    kind = ChannelKind.TWILIO_WHATSAPP if str(form.get("From", "")).startswith("whatsapp:") \
-        else ChannelKind.TWILIO_SMS  # type: ignore[union-attr]
+    # The callback's From is our number: it names the tenant the history row belongs to.
     channel = None
-    sender = phone.to_e164(str(form.get("From") or ""))  # type: ignore[union-attr]
-    if sender:
-        channel = await _directory(request).route_twilio(kind, sender, form.get("MessagingServiceSid"),  # type: ignore[union-attr]
-                                                         form.get("AccountSid"))  # type: ignore[union-attr]
-    await store.record_status(_runtime(request).pool, channel.tenant_id if channel else None, update)
+    if update.channel_address:
+        kind = (ChannelKind.TWILIO_WHATSAPP if form.get("From", "").startswith("whatsapp:")
+                else ChannelKind.TWILIO_SMS)
+        channel = await request.app[appkeys.DIRECTORY].route_twilio(
+            kind, update.channel_address, form.get("MessagingServiceSid"), form.get("AccountSid"))
+    await store.record_status(request.app[appkeys.RUNTIME].pool, channel.tenant_id if channel else None, update)
     return web.Response(status=200)
 
 
 async def whatsapp_handshake(request: web.Request) -> web.Response:
-    for token in await _directory(request).whatsapp_verify_tokens():
+    for token in await request.app[appkeys.DIRECTORY].whatsapp_verify_tokens():
         challenge = whatsapp_cloud.verify_handshake(request.query, token)
         if challenge is not None:
             return web.Response(text=challenge, content_type="text/plain")
@@ -114,7 +108,7 @@ async def whatsapp_handshake(request: web.Request) -> web.Response:
 async def whatsapp_inbound(request: web.Request) -> web.Response:
     body = await request.read()
     header = request.headers.get("X-Hub-Signature-256")
-    secret = next((s for s in await _directory(request).whatsapp_app_secrets()
+    secret = next((s for s in await request.app[appkeys.DIRECTORY].whatsapp_app_secrets()
                    if whatsapp_cloud.verify_signature(s, body, header)), None)
     if secret is None:
         log.warning("whatsapp signature refused", extra={"path": request.path})
@@ -127,7 +121,7 @@ async def whatsapp_inbound(request: web.Request) -> web.Response:
     # Route everything before storing anything: a batch is accepted or refused whole.
     channels: dict[str, Channel] = {}
     for phone_number_id in batch.phone_number_ids:
-        channel = await _directory(request).whatsapp(phone_number_id)
+        channel = await request.app[appkeys.DIRECTORY].whatsapp(phone_number_id)
         # The app that signed the delivery must own the number, or one tenant could write into another's.
         if channel is None or not hmac.compare_digest(channel.credentials.get("app_secret", ""), secret):
             return json_error(404, f"unknown phone_number_id {phone_number_id}", "metadata.phone_number_id")
@@ -135,7 +129,7 @@ async def whatsapp_inbound(request: web.Request) -> web.Response:
 
     for msg in batch.messages:
         await _store(request, channels[msg.channel_address], msg)
-    pool = _runtime(request).pool
+    pool = request.app[appkeys.RUNTIME].pool
     for update in batch.statuses:
         channel = channels.get(update.channel_address or "")
         await store.record_status(pool, channel.tenant_id if channel else None, update)
@@ -143,7 +137,7 @@ async def whatsapp_inbound(request: web.Request) -> web.Response:
 
 
 async def _store(request: web.Request, channel: Channel, msg: InboundMessage) -> None:
-    runtime = _runtime(request)
+    runtime = request.app[appkeys.RUNTIME]
     stored = await store.ingest(runtime.pool, channel, msg, runtime.settings.task_max_attempts)
     log.info("inbound duplicate" if stored.duplicate else "inbound stored", extra={
         "tenant_id": channel.tenant_id, "channel_id": channel.id, "provider": msg.provider.value,

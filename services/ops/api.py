@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Awaitable, Callable
+from datetime import datetime
+from decimal import Decimal
 
 from aiohttp import web
 
@@ -122,16 +125,14 @@ def int_path(request: web.Request, name: str) -> int:
     return value
 
 
+def _default(o: object) -> object:
+    if isinstance(o, datetime):
+        return o.isoformat()
+    if isinstance(o, Decimal):
+        return float(o)
+    raise TypeError(type(o).__name__)
+
+
 def dumps(value: object) -> str:
-    import json
-    from datetime import datetime
-    from decimal import Decimal
-
-    def default(o: object) -> object:
-        if isinstance(o, datetime):
-            return o.isoformat()
-        if isinstance(o, Decimal):
-            return float(o)
-        raise TypeError(type(o).__name__)
-
-    return json.dumps(value, default=default, ensure_ascii=False)
+    """JSON for API answers: timestamps in ISO 8601, numerics as numbers."""
+    return json.dumps(value, default=_default, ensure_ascii=False)

@@ -21,7 +21,8 @@ async def test_summary_is_stored_every_fifty_messages(client, db):
     for i in range(50, 100):
         await say(client, f"message {i}: still waiting on that quote", i)
     await drain(client)
-    counts = [r["message_count"] for r in await db.fetch("SELECT message_count FROM conversation_summaries ORDER BY id")]
+    rows = await db.fetch("SELECT message_count FROM conversation_summaries ORDER BY id")
+    counts = [r["message_count"] for r in rows]
     assert counts == [50, 50]
     # Once a conversation summary exists, the lead's summary carries the latest one before its last message.
     assert summary["summary"] in await db.fetchval("SELECT ai_summary FROM lead_memory")

@@ -97,7 +97,8 @@ def test_serve_on_the_embedded_default_persists_across_restarts_and_keeps_secret
                 pytest.fail("the message was never processed by the agents")
             print(f"webhook to decision log: {time.monotonic() - posted:.3f} s")
             # Meta's handshake puts the verify token in the query string: it must not reach a log line.
-            _get(base + f"/webhooks/whatsapp?hub.mode=subscribe&hub.challenge=1&hub.verify_token={support.VERIFY_TOKEN}")
+            _get(base + "/webhooks/whatsapp?hub.mode=subscribe&hub.challenge=1"
+                 f"&hub.verify_token={support.VERIFY_TOKEN}")
             status, data = _get(base + "/api/conversations?phone=%2B14155550101",
                                 {"Authorization": f"Bearer {support.API_KEY}"})
             assert status == 200

@@ -13,7 +13,6 @@ import pytest
 
 from agents import service, worker
 from services import appkeys
-from tests import support
 from tests.fakes.openai_server import delay, reply
 from tests.integration.test_agents import AUTH, drain, say
 
@@ -79,7 +78,8 @@ async def test_two_worker_processes_keep_each_conversations_order(client, db, da
             p.send_signal(signal.SIGTERM)
         for p in procs:
             p.communicate(timeout=30)
-    rows = await db.fetch("SELECT conversation_id, message_id FROM agent_actions_log WHERE agent = 'intent' ORDER BY id")
+    rows = await db.fetch(
+        "SELECT conversation_id, message_id FROM agent_actions_log WHERE agent = 'intent' ORDER BY id")
     assert len(rows) == n
     by_conv: dict[int, list[int]] = {}
     for r in rows:
