@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +40,12 @@ def serve(args: argparse.Namespace) -> None:
 
     s = _load()
     app = web_mod.create_app(s, background=web_mod.default_background(s))
+
+    async def announce(_: web.Application) -> None:
+        logging.getLogger("parley").info("serving", extra={"url": f"http://{args.host}:{args.port}",
+                                                            "embedded_database": s.database_url is None})
+
+    app.on_startup.append(announce)
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None,
                 shutdown_timeout=30)
 
