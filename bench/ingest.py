@@ -215,7 +215,7 @@ async def _client(spec: dict[str, Any], requests: list[bytes]) -> dict[str, Any]
     host, port = spec["host"], spec["port"]
     loop = asyncio.get_running_loop()
     n = len(requests)
-    status = [0] * n  # 0: never answered, -1: connection error
+    status = [0] * n  # 0: never sent, -2: sent and never answered, -1: connection error
     latency: list[float] = []
     lag: list[float] = []
     idle: deque[_Conn] = deque()
@@ -231,6 +231,7 @@ async def _client(spec: dict[str, Any], requests: list[bytes]) -> dict[str, Any]
         try:
             conn = conn or await connect()
             lag.append(time.perf_counter() - scheduled)
+            status[i] = -2
             status[i] = await conn.call(requests[i])
             latency.append(time.perf_counter() - scheduled)
             return None if conn.closed else conn
@@ -286,7 +287,8 @@ async def _client(spec: dict[str, Any], requests: list[bytes]) -> dict[str, Any]
             task.add_done_callback(tasks.discard)
         sent = n
         if tasks:
-            await asyncio.wait(set(tasks), timeout=spec.get("drain_s", 60))
+            # A server far below the rate has a long queue: stop waiting for it at some point.
+            await asyncio.wait(set(tasks), timeout=spec["drain_s"])
     elapsed = time.perf_counter() - started
     answered = [s for s in status[:sent] if s > 0]
     return {
@@ -296,7 +298,8 @@ async def _client(spec: dict[str, Any], requests: list[bytes]) -> dict[str, Any]
         "ok": answered.count(200),
         "statuses": dict(Counter(answered)),
         "connection_errors": status[:sent].count(-1),
-        "unanswered": status[:sent].count(0),
+        "unanswered": status[:sent].count(-2),
+        "never_sent": status[:sent].count(0),  # still queued in the client when it stopped waiting
         "elapsed_s": elapsed,
         "connections_opened": opened,
         "latency_ms": {k: v * 1e3 for k, v in percentiles(latency).items()},
@@ -434,12 +437,23 @@ SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_databas
 FROM pg_stat_wal"""
 
 
+TABLE_COUNTERS = """
+SELECT relname, seq_scan, seq_tup_read, idx_scan, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables"""
+
+
+def _query_head(query: str) -> str:
+    """The first SQL words of a statement, past our `-- $1 = ...` comment lines."""
+    code = " ".join(line for line in query.splitlines() if not line.lstrip().startswith("--"))
+    return " ".join(code.split())[:90]
+
+
 class WaitSampler(threading.Thread):
     """Samples what parley's PostgreSQL backends are doing, every 50 ms, while a phase runs."""
 
     def __init__(self, dsn: str) -> None:
         super().__init__(daemon=True)
-        self.dsn, self.stop_flag, self.counts, self.samples = dsn, threading.Event(), Counter[str](), 0
+        self.dsn, self.stop_flag, self.samples = dsn, threading.Event(), 0
+        self.counts, self.active_queries, self.lock_waits = Counter[str](), Counter[str](), Counter[str]()
 
     def run(self) -> None:
         import asyncpg
@@ -449,13 +463,20 @@ class WaitSampler(threading.Thread):
             try:
                 while not self.stop_flag.is_set():  # a failure elsewhere may stop PostgreSQL under us
                     rows = await conn.fetch(
-                        "SELECT state, wait_event_type, wait_event FROM pg_stat_activity "
+                        "SELECT state, wait_event_type, wait_event, left(query, 400) AS query FROM pg_stat_activity "
                         "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                    )
+                    locks = await conn.fetch(
+                        "SELECT locktype, classid::regclass::text AS class, objid, mode FROM pg_locks WHERE NOT granted"
                     )
                     self.samples += 1
                     for r in rows:
                         what = f"{r['wait_event_type']}:{r['wait_event']}" if r["wait_event"] else "on CPU"
                         self.counts[f"{r['state']} / {what}"] += 1
+                        if r["state"] == "active":
+                            self.active_queries[_query_head(r["query"])] += 1
+                    for r in locks:
+                        self.lock_waits[f"{r['locktype']} {r['class'] or ''} {r['objid'] or ''} {r['mode']}"] += 1
                     await asyncio.sleep(0.05)
             finally:
                 await conn.close()
@@ -541,6 +562,7 @@ class Run:
             machine_cpu_s(),
         )
         pg_before = sql(self.dsn, PG_COUNTERS)[0] if parley else None
+        tables_before = {r["relname"]: r for r in sql(self.dsn, TABLE_COUNTERS)} if parley else None
         sampler = WaitSampler(self.dsn) if parley and name != "warmup" else None
         profiler = None
         if sampler:
@@ -589,7 +611,19 @@ class Run:
             result["postgres"] = {k: (after[k] or 0) - (pg_before[k] or 0) for k in after}
             result["postgres"]["wall_s"] = wall
         if sampler:
-            result["pg_backend_samples"] = {"samples": sampler.samples, "counts": dict(sampler.counts.most_common())}
+            result["pg_backend_samples"] = {
+                "samples": sampler.samples,
+                "counts": dict(sampler.counts.most_common()),
+                "active_queries": dict(sampler.active_queries.most_common(8)),
+                "lock_waits": dict(sampler.lock_waits.most_common(5)),
+            }
+        if tables_before is not None:
+            tables = {r["relname"]: r for r in sql(self.dsn, TABLE_COUNTERS)}
+            result["pg_tables"] = {
+                name: {k: v - tables_before[name][k] for k, v in row.items() if k != "relname" and v is not None}
+                for name, row in tables.items()
+                if name in tables_before
+            }
         log(
             f"{target:7s} {name:6s} ok={result['ok']} of sent={result['sent']} "
             f"rps={result['ok'] / result['elapsed_s']:.0f} p50={result['latency_ms'].get('p50', 0):.1f}ms "
@@ -681,6 +715,11 @@ def drive_all(run: Run, use_wrk: bool) -> None:
                 f"{t} answered no warm-up request with 200: {res['warmup']['statuses']} (log: {run.tmp / t}.log)"
             )
         settle(run, t, res["warmup"])
+        if t == "parley":
+            # A fresh database has no statistics, and autovacuum would not get to it within this run;
+            # in production it has. Without this the plans cached on parley's connections stay the
+            # ones made for empty tables (sequential scans).
+            sql(run.dsn, "ANALYZE")
         if use_wrk:
             res["closed"] = run.phase("closed", t, functools.partial(run.wrk, t, run.tmp / "closed"))
         else:
@@ -693,6 +732,7 @@ def drive_all(run: Run, use_wrk: bool) -> None:
             "requests": str(files["open"][0]),
             "rate": a.rate,
             "max_connections": a.open_connections,
+            "drain_s": max(10, a.duration),
         }
         res["open"] = run.phase("open", t, functools.partial(run.client, t, steady))
         settle(run, t, res["open"])
@@ -755,7 +795,12 @@ def verify(run: Run) -> dict[str, Any]:
         "(SELECT count(DISTINCT provider_message_id) FROM messages) AS distinct_sids, "
         "(SELECT count(*) FROM agent_tasks) AS agent_tasks",
     )[0]
-    out["total"] = {**counts, "answered_200": sum(run.results["parley"][ph]["ok"] for ph in PHASES)}
+    lost = sum(
+        row.get("answered_not_stored", max(0, row["answered_200"] - row["stored"]))
+        for ph, row in out.items()
+        if ph in PHASES
+    )
+    out["total"] = {**counts, "answered_200": sum(run.results["parley"][ph]["ok"] for ph in PHASES), "lost": lost}
     return out
 
 
@@ -847,9 +892,17 @@ def report(run: Run, check: dict[str, Any], meta: dict[str, Any]) -> str:
             f"{fmt(C['open']['latency_ms'].get(key)):>10s}{'':9s}{target}"
         )
     lines.append(
-        f"{'open    non-200 / errors':28s}{P['open']['sent'] - P['open']['ok']:>10d}"
-        f"{C['open']['sent'] - C['open']['ok']:>10d}"
+        f"{'open    client send lag p99':28s}{fmt(P['open']['send_lag_ms'].get('p99')):>10s}"
+        f"{fmt(C['open']['send_lag_ms'].get('p99')):>10s}   (ms behind schedule; part of the latencies above)"
     )
+    bad = {t: res[t]["open"]["responses"] - res[t]["open"]["ok"] + res[t]["open"]["connection_errors"] for t in TARGETS}
+    lines.append(f"{'open    non-200 / errors':28s}{bad['parley']:>10d}{bad['ceiling']:>10d}")
+    late = {t: res[t]["open"]["unanswered"] + res[t]["open"]["never_sent"] for t in TARGETS}
+    if any(late.values()):
+        lines.append(
+            f"{'open    gave up waiting':28s}{late['parley']:>10d}{late['ceiling']:>10d}"
+            f"   (after a {max(10, a.duration)}s drain; parley: {P['open']['never_sent']} never sent, still queued)"
+        )
     lines += ["", f"CPU, in cores (of {os.cpu_count()}), during each phase:"]
     noisy = []
     for t in TARGETS:
@@ -885,6 +938,17 @@ def report(run: Run, check: dict[str, Any], meta: dict[str, Any]) -> str:
             f"  backend states ({s['samples']} samples of pg_stat_activity): "
             + ", ".join(f"{k} {v / total:.0%}" for k, v in list(s["counts"].items())[:6])
         )
+        lines.append("  lock waits seen: " + (", ".join(f"{k} x{v}" for k, v in s["lock_waits"].items()) or "none"))
+        act = sum(s["active_queries"].values()) or 1
+        lines.append("  what active backends were running (share of active samples):")
+        lines += [f"    {v / act:5.0%}  {k}" for k, v in list(s["active_queries"].items())[:6]]
+        tables = sorted(P["closed"]["pg_tables"].items(), key=lambda kv: -kv[1].get("seq_tup_read", 0))
+        lines.append(
+            "  rows read by sequential scans: "
+            + ", ".join(
+                f"{n} {t['seq_tup_read']} ({t['seq_scan']} scans)" for n, t in tables[:4] if t.get("seq_tup_read")
+            )
+        )
     if a.profile and Path(a.profile).exists():
         lines += ["", f"py-spy profile of parley during its closed loop ({a.profile}):"]
         lines += profile_summary(a.profile, 100 * a.duration)
@@ -905,16 +969,15 @@ def report(run: Run, check: dict[str, Any], meta: dict[str, Any]) -> str:
         f"  total   answered 200: {tot['answered_200']:>7d}   distinct stored: {tot['distinct_sids']:>7d}"
         f"   (rows {tot['messages']}, agent tasks {tot['agent_tasks']})"
     )
-    lost = sum(check[ph].get("answered_not_stored", 0) for ph in PHASES) + sum(
-        max(0, check[ph]["answered_200"] - check[ph]["stored"]) for ph in PHASES if "in_flight_at_stop" in check[ph]
-    )
-    if not all(check[ph]["ok"] for ph in PHASES):
-        why = (
-            f"{lost} message(s) answered 200 but NOT stored: a durability bug"
-            if lost
-            else "messages stored that were never answered 200 (timeouts, or wrk's in-flight bound exceeded)"
-        )
-        lines += ["", "!" * 78, f"!!! COMMIT CHECK FAILED: {why}", "!" * 78]
+    if tot["lost"]:
+        lines += ["", "!" * 78, f"!!! COMMIT CHECK FAILED: {tot['lost']} message(s) answered 200 but NOT stored"]
+        lines += ["!" * 78]
+    elif not all(check[ph]["ok"] for ph in PHASES):
+        lines += [
+            "!!! COUNTS DIFFER: parley stored messages it never answered 200 to the client, which gave up waiting",
+            "!!! (open loop: after the drain timeout; closed loop: beyond wrk's in-flight bound). Nothing answered",
+            "!!! 200 was lost, but a server this far behind its load is not measured by these latencies.",
+        ]
     settled = [
         f"{ph} {P[ph]['settle_s']:.1f}s"
         + (f" (backlog left {b})" if (b := P[ph]["agent_backlog_after_settle"]) else "")
@@ -924,7 +987,7 @@ def report(run: Run, check: dict[str, Any], meta: dict[str, Any]) -> str:
     lines += ["", "parley's agent worker caught up with each phase's tasks after: " + ", ".join(settled)]
     if any(res[t]["closed"].get("wrapped") for t in TARGETS):
         lines.append("!!! wrk ran out of pre-signed bodies and repeated MessageSids: raise --max-rps")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1015,6 +1078,10 @@ def main(argv: list[str] | None = None) -> int:
         text = report(run, check, meta)
         print(text, file=sys.stderr if a.json == "-" else sys.stdout, flush=True)
         if a.json:
+            for phases in run.results.values():  # indices of the requests not answered 200: a count will do
+                for r in phases.values():
+                    if "not_ok" in r:
+                        r["not_ok"] = len(r["not_ok"])
             doc = json.dumps(
                 {"meta": meta, "args": vars(a), "results": run.results, "commit_check": check}, indent=2, default=str
             )
@@ -1022,7 +1089,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(doc)
             else:
                 Path(a.json).write_text(doc)
-        if not all(check[ph]["ok"] for ph in PHASES):
+        if check["total"]["lost"]:
             status = 3
     except KeyboardInterrupt:
         log("interrupted: stopping everything")

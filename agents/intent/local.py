@@ -60,6 +60,8 @@ _SKIN_TONES_AND_JOINERS = re.compile("[\U0001f3fb-\U0001f3ff\u200d\ufe0f]")
 
 
 def _strip_accents(text: str) -> str:
+    if text.isascii():
+        return text
     return "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
 
 
@@ -75,7 +77,7 @@ def _emoji(text: str) -> list[str]:
 
 
 def _char_ngrams(words: Iterable[str], sizes: range, prefix: str) -> list[str]:
-    grams = []
+    grams: list[str] = []
     for word in words:
         padded = f" {word} "
         for n in sizes:
@@ -171,7 +173,8 @@ class LinearModel:
             scores += self.weights[rows].sum(axis=0) / math.sqrt(len(rows))
         scores -= scores.max()
         exp = np.exp(scores)
-        return exp / exp.sum()
+        probabilities: np.ndarray = exp / exp.sum()
+        return probabilities
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +206,7 @@ _OPT_OUT_TWO_WORDS = re.compile(r"\bopt out\b")
 
 # A message made only of these plus filler is an opt-out ("stop pls", "Arrêtez svp", "baja gracias").
 _OPT_OUT_WORDS = frozenset(
-    {"stop", "🛑", "stopall", "stoptexting", "unsubscribe", "unsub", "optout", "revoke", "quit",
+    {"stop", "🛑", "stopall", "unsubscribe", "unsub", "optout", "revoke", "quit",
      "arret", "arrete", "arretez", "stoppez", "desabonnement", "desinscription",
      "alto", "basta", "baja", "desuscribir", "desuscribirme"}
 )
@@ -333,7 +336,10 @@ class LocalClassifier:
         return self.classify_sync(text)
 
     def classify_sync(self, text: str) -> Classification:
-        """Classify `text` without awaiting anything (it takes well under a millisecond)."""
+        """Classify `text` without awaiting anything (typically a fraction of a millisecond).
+
+        Blank text (a media-only WhatsApp message, say) is OTHER, decided by rule.
+        """
         models = self.models
         if not text.strip():
             return Classification(Intent.OTHER, 1.0, UNDETERMINED, "rules", models.version)
@@ -354,7 +360,8 @@ class LocalClassifier:
         """The statistical model's reading alone, skipping every rule.
 
         For evaluation (how much the model knows without the rules) and for callers that want a second
-        opinion on an opt-out. Text with no known feature at all is OTHER, with the model's low prior.
+        opinion on an opt-out. Text with no known feature at all ("🦄", "xqzt") is OTHER, with the
+        model's prior probability of OTHER as confidence.
         """
         models = self.models
         rows = models.intent.known(intent_features(text))

@@ -6,7 +6,8 @@
 
 Training is deterministic (a fixed feature list, lbfgs, no random state involved), so the committed
 artifact is a pure function of train.jsonl; a unit test retrains and compares. Hyperparameters are chosen
-with `--cv` on the training set only: eval.jsonl is never used to tune anything.
+with `--cv` on the training set only; eval.jsonl (written separately, other businesses and phrasings) is
+only ever scored, never trained or tuned on.
 
 scikit-learn is imported only inside the training functions; `evaluate` and the data helpers work
 without it, so a benchmark can score any classifier cheaply.

@@ -1,7 +1,3 @@
--- name: find_message
--- $1 = provider, $2 = provider_message_id
-SELECT id FROM messages WHERE provider = $1 AND provider_message_id = $2;
-
 -- name: user_by_phone
 -- $1 = tenant_id, $2 = phone
 SELECT id, consent_state, profile_name, wa_id, wa_user_id, wa_username FROM users
@@ -80,6 +76,51 @@ WITH conv AS (
     SELECT $1, msg.conversation_id, msg.id, 'process_message', $15 FROM msg
 )
 SELECT conv.id AS conversation_id, msg.id AS message_id FROM conv LEFT JOIN msg ON true;
+
+-- name: insert_inbound_known_sender
+-- The common case in one atomic statement (no BEGIN/COMMIT round trips): a sender we already know by
+-- phone, no compliance keyword. No row back: the sender is new, take the full path. A redelivery
+-- touches nothing and comes back with message_id NULL.
+-- $1 = tenant_id, $2 = phone, $3 = channel_id, $4 = provider, $5 = provider_message_id, $6 = message_type,
+-- $7 = body, $8 = media, $9 = details, $10 = segments, $11 = raw, $12 = provider_sent_at, $13 = event payload,
+-- $14 = task max_attempts, $15 = profile_name, $16 = wa_id, $17 = wa_user_id, $18 = wa_parent_user_id,
+-- $19 = wa_username
+WITH sender AS (
+    SELECT id FROM users WHERE tenant_id = $1 AND phone = $2
+), fresh AS (
+    SELECT sender.id FROM sender
+    WHERE NOT EXISTS (SELECT 1 FROM messages WHERE provider = $4 AND provider_message_id = $5)
+), profile AS (
+    UPDATE users u SET profile_name = COALESCE($15, u.profile_name), wa_id = COALESCE($16, u.wa_id),
+                       wa_user_id = COALESCE($17, u.wa_user_id),
+                       wa_parent_user_id = COALESCE($18, u.wa_parent_user_id),
+                       wa_username = COALESCE($19, u.wa_username), updated_at = now()
+    FROM fresh
+    WHERE u.id = fresh.id AND (($15::text IS NOT NULL AND u.profile_name IS DISTINCT FROM $15)
+                               OR ($16::text IS NOT NULL AND u.wa_id IS DISTINCT FROM $16)
+                               OR ($17::text IS NOT NULL AND u.wa_user_id IS DISTINCT FROM $17)
+                               OR ($19::text IS NOT NULL AND u.wa_username IS DISTINCT FROM $19))
+), conv AS (
+    INSERT INTO conversations (tenant_id, user_id, channel_id, last_message_at, last_inbound_at)
+    SELECT $1, fresh.id, $3, now(), now() FROM fresh
+    ON CONFLICT ON CONSTRAINT conversations_tenant_user_channel_key
+    DO UPDATE SET last_message_at = now(), last_inbound_at = now(), status = 'active'
+    RETURNING id
+), msg AS (
+    INSERT INTO messages (tenant_id, conversation_id, direction, provider, provider_message_id,
+                          message_type, body, media, details, status, segments, raw, provider_sent_at)
+    SELECT $1, conv.id, 'inbound', $4, $5, $6, $7, $8, $9, 'received', $10, $11, $12 FROM conv
+    ON CONFLICT ON CONSTRAINT messages_provider_message_id_key DO NOTHING
+    RETURNING id, conversation_id
+), event AS (
+    INSERT INTO events (tenant_id, type, conversation_id, user_id, message_id, payload)
+    SELECT $1, 'message.received', msg.conversation_id, sender.id, msg.id, $13 FROM msg, sender
+), task AS (
+    INSERT INTO agent_tasks (tenant_id, conversation_id, message_id, kind, max_attempts)
+    SELECT $1, msg.conversation_id, msg.id, 'process_message', $14 FROM msg
+)
+SELECT sender.id AS user_id, conv.id AS conversation_id, msg.id AS message_id
+FROM sender LEFT JOIN conv ON true LEFT JOIN msg ON true;
 
 -- name: set_consent
 -- $1 = user id, $2 = state, $3 = source, $4 = keyword, $5 = message id, $6 = changed_by

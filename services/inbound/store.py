@@ -36,31 +36,56 @@ class Stored:
         return self.message_id is None
 
 
+# Replies a person types or taps; a keyword in a media caption is not a reply to act on.
+_KEYWORD_TYPES = frozenset({"text", "button", "interactive"})
+
+
 class _Duplicate(Exception):
     """Lost a race with a concurrent delivery of the same message: roll back, report a duplicate."""
 
 
 async def ingest(pool: asyncpg.Pool, channel: Channel, msg: InboundMessage, max_attempts: int) -> Stored:
-    async with pool.acquire() as conn:
-        if await conn.fetchval(Q.find_message, msg.provider.value, msg.provider_message_id):
-            return Stored(None, None, None)
+    match = keywords.match(msg.body) if msg.message_type in _KEYWORD_TYPES else None
+    if match is None and msg.sender.phone:
+        stored = await _ingest_known_sender(pool, channel, msg, max_attempts)
+        if stored is not None:
+            return stored
     try:
         return await db_pool.in_transaction(pool, lambda conn: _ingest(conn, channel, msg, max_attempts))
     except _Duplicate:
         return Stored(None, None, None)
 
 
+async def _ingest_known_sender(pool: asyncpg.Pool, channel: Channel, msg: InboundMessage,
+                               max_attempts: int) -> Stored | None:
+    """One statement for a known sender without a keyword; None when the sender is new."""
+    s = msg.sender
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            Q.insert_inbound_known_sender, channel.tenant_id, s.phone, channel.id, msg.provider.value,
+            msg.provider_message_id, msg.message_type.value, msg.body, [m.as_json() for m in msg.media],
+            msg.details, msg.segments, msg.raw, msg.sent_at, _payload(channel, msg, None), max_attempts,
+            s.profile_name, s.wa_id, s.wa_user_id, s.wa_parent_user_id, s.username)
+    if row is None:
+        return None
+    return Stored(row["message_id"], row["conversation_id"], row["user_id"])
+
+
+def _payload(channel: Channel, msg: InboundMessage, keyword: keywords.Keyword | None) -> dict[str, object]:
+    return {"provider": msg.provider.value, "channel_id": channel.id, "type": msg.message_type.value,
+            "keyword": keyword.value if keyword else None}
+
+
 async def _ingest(conn: asyncpg.Connection, channel: Channel, msg: InboundMessage,
                   max_attempts: int) -> Stored:
     user = await _resolve_user(conn, channel.tenant_id, msg)
-    match = keywords.match(msg.body) if msg.message_type in ("text", "button", "interactive") else None
+    match = keywords.match(msg.body) if msg.message_type in _KEYWORD_TYPES else None
     new_state = _consent_after(match, ConsentState(user["consent_state"]))
     # YES from someone who is not opted out is an ordinary reply, not a keyword.
     keyword = None if match is None or (match.keyword is keywords.Keyword.YES and new_state is None) else (
         keywords.Keyword.OPT_IN if match.keyword is keywords.Keyword.YES else match.keyword)
 
-    payload = {"provider": msg.provider.value, "channel_id": channel.id, "type": msg.message_type.value,
-               "keyword": keyword.value if keyword else None}
+    payload = _payload(channel, msg, keyword)
     row = await conn.fetchrow(
         Q.insert_inbound, channel.tenant_id, user["id"], channel.id, msg.provider.value,
         msg.provider_message_id, msg.message_type.value, msg.body, [m.as_json() for m in msg.media],

@@ -347,3 +347,24 @@ async def test_unsigned_status_callback_is_refused(client, db):
     resp = await client.post("/webhooks/twilio/status", data=body, headers=headers)
     assert resp.status == 403
     assert await db.fetchval("SELECT count(*) FROM message_statuses") == 0
+
+
+async def test_known_senders_new_profile_name_is_recorded(client, db):
+    base = [("WaId", "15555550123"), ("From", "whatsapp:+15555550123"), ("To", "whatsapp:+14155238886")]
+    for i, name in enumerate(["Jane", "Jane D."]):
+        pairs = [(k, v) for k, v in sms_pairs(f"hi {i}", f"SM{i:032x}") if k not in ("From", "To")]
+        assert (await post_twilio(client, pairs + base + [("ProfileName", name)])).status == 200
+    assert await db.fetchval("SELECT profile_name FROM users") == "Jane D."
+    assert await db.fetchval("SELECT count(*) FROM users") == 1
+
+
+async def test_redelivery_of_a_known_senders_message_changes_nothing(client, db):
+    await post_twilio(client, sms_pairs("first", "SM" + "d1" * 16))
+    pairs = sms_pairs("second", "SM" + "d2" * 16)
+    await post_twilio(client, pairs)
+    before = await db.fetchrow("SELECT last_message_at, last_inbound_at FROM conversations")
+    assert (await post_twilio(client, pairs)).status == 200
+    after = await db.fetchrow("SELECT last_message_at, last_inbound_at FROM conversations")
+    assert before == after
+    assert await db.fetchval("SELECT count(*) FROM messages") == 2
+    assert await db.fetchval("SELECT count(*) FROM agent_tasks") == 2
