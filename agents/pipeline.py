@@ -32,6 +32,9 @@ Q = queries.load(__file__, "pipeline.sql")
 log = logging.getLogger("parley.agents")
 
 SUMMARY_EVERY = 50
+# Rules (keywords and explicit phrasings) always act on an opt-out. The statistical model acts alone
+# only when it is sure; below this it flags the message for an operator instead of silencing a lead.
+MODEL_OPT_OUT_MIN_CONFIDENCE = 0.7
 CONTEXT_MESSAGES = 10
 # Message types whose text is worth classifying (media captions included).
 _TEXTUAL = {"text", "interactive", "button", "image", "video", "document", "media"}
@@ -146,7 +149,9 @@ class Pipeline:
         state = ConsentState(row["consent_state"])
         language = result.language if result.language in ("en", "fr", "es") else None
 
-        if keyword is None and result.intent is Intent.OPT_OUT and state is not ConsentState.OPTED_OUT:
+        unsure = (result.intent is Intent.OPT_OUT and result.implementation == "local"
+                  and result.confidence < MODEL_OPT_OUT_MIN_CONFIDENCE)
+        if keyword is None and result.intent is Intent.OPT_OUT and not unsure and state is not ConsentState.OPTED_OUT:
             # A natural-language opt-out ("please stop texting me") is honoured exactly like STOP.
             out.consent = ConsentState.OPTED_OUT
             out.consent_reason = result.keyword or "classifier"
@@ -156,6 +161,17 @@ class Pipeline:
                                          "implementation": result.implementation,
                                          "confidence": round(result.confidence, 4)},
                                  latency_ms=0.0, implementation=result.implementation))
+        elif unsure and state is not ConsentState.OPTED_OUT:
+            # The statistical model alone, and unsure ("Stop by anytime this week?"): an operator decides.
+            out.log.append(Entry(**base, agent="consent", action="possible_opt_out",
+                                 input={"text": row["body"]},
+                                 output={"local_intent": "opt_out", "confidence": round(result.confidence, 4),
+                                         "acted": False, "note": "review: the local model read an opt-out "
+                                                                 "with low confidence"},
+                                 latency_ms=0.0, implementation=result.implementation, model=result.model,
+                                 status=Status.POSSIBLE_OPT_OUT))
+            out.events.append(events.Event(out.tenant_id, "intent.possible_opt_out", out.conversation_id,
+                                           out.user_id, out.message_id, {}))
         elif result.possible_opt_out:
             out.log.append(Entry(**base, agent="consent", action="possible_opt_out",
                                  input={"text": row["body"]},

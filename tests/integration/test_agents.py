@@ -83,6 +83,21 @@ async def test_natural_language_opt_out_opts_out_like_a_keyword(client, db, text
     assert queued["reason"] == "opt_out_confirmation" and queued["status"] == "queued"
 
 
+async def test_unsure_model_opt_out_is_flagged_for_an_operator_not_acted_on(client, db):
+    await say(client, "Stop by anytime this week?", 1)
+    await drain(client)
+    assert await db.fetchval("SELECT consent_state FROM users") == "unknown"
+    flagged = await db.fetchrow("SELECT * FROM agent_actions_log WHERE status = 'possible_opt_out'")
+    assert flagged["agent"] == "consent" and flagged["output"]["acted"] is False
+    assert await db.fetchval("SELECT count(*) FROM events WHERE type = 'intent.possible_opt_out'") == 1
+
+
+async def test_sure_model_opt_out_acts(client, db):
+    await say(client, "Not interested, stop bothering me", 1)
+    await drain(client)
+    assert await db.fetchval("SELECT consent_state FROM users") == "opted_out"
+
+
 @pytest.mark.parametrize("text", ["I can stop by tomorrow", "cancel my appointment", "I'm good, thanks"])
 async def test_look_alike_phrases_do_not_opt_out(client, db, text):
     await say(client, text, 1)
