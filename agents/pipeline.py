@@ -163,25 +163,13 @@ class Pipeline:
                                  latency_ms=0.0, implementation=result.implementation))
         elif unsure and state is not ConsentState.OPTED_OUT:
             # The statistical model alone, and unsure ("Stop by anytime this week?"): an operator decides.
-            out.log.append(Entry(**base, agent="consent", action="possible_opt_out",
-                                 input={"text": row["body"]},
-                                 output={"local_intent": "opt_out", "confidence": round(result.confidence, 4),
-                                         "acted": False, "note": "review: the local model read an opt-out "
-                                                                 "with low confidence"},
-                                 latency_ms=0.0, implementation=result.implementation, model=result.model,
-                                 status=Status.POSSIBLE_OPT_OUT))
-            out.events.append(events.Event(out.tenant_id, "intent.possible_opt_out", out.conversation_id,
-                                           out.user_id, out.message_id, {}))
+            self._flag_possible_opt_out(row, result, out, base, {
+                "local_intent": "opt_out", "confidence": round(result.confidence, 4),
+                "note": "review: the local model read an opt-out with low confidence"})
         elif result.possible_opt_out:
-            out.log.append(Entry(**base, agent="consent", action="possible_opt_out",
-                                 input={"text": row["body"]},
-                                 output={"llm_intent": "opt_out", "local_intent": result.intent.value,
-                                         "acted": False, "note": "review: the LLM read an opt-out, rules and "
-                                                                 "the local model did not"},
-                                 latency_ms=0.0, implementation=result.implementation, model=result.model,
-                                 status=Status.POSSIBLE_OPT_OUT))
-            out.events.append(events.Event(out.tenant_id, "intent.possible_opt_out", out.conversation_id,
-                                           out.user_id, out.message_id, {}))
+            self._flag_possible_opt_out(row, result, out, base, {
+                "llm_intent": "opt_out", "local_intent": result.intent.value,
+                "note": "review: the LLM read an opt-out, rules and the local model did not"})
 
         opted_out_now = keyword == "opt_out" and row["consent_change_id"] is not None
         if opted_out_now or out.consent is ConsentState.OPTED_OUT:
@@ -200,6 +188,16 @@ class Pipeline:
                                      status=Status.SKIPPED))
             else:
                 self._reply(out, base, replies.Reason.HELP, row["help_text"], f"help:{out.message_id}")
+
+    @staticmethod
+    def _flag_possible_opt_out(row: asyncpg.Record, result: Classification, out: Outcome, base: dict[str, Any],
+                               why: dict[str, Any]) -> None:
+        """Log (and announce) an opt-out nobody may act on alone: no consent change, no reply."""
+        out.log.append(Entry(**base, agent="consent", action="possible_opt_out", input={"text": row["body"]},
+                             output={**why, "acted": False}, latency_ms=0.0, implementation=result.implementation,
+                             model=result.model, status=Status.POSSIBLE_OPT_OUT))
+        out.events.append(events.Event(out.tenant_id, "intent.possible_opt_out", out.conversation_id,
+                                       out.user_id, out.message_id, {}))
 
     def _reply(self, out: Outcome, base: dict[str, Any], reason: replies.Reason, body: str, key: str) -> None:
         reply = replies.Reply(out.tenant_id, out.conversation_id, out.user_id, body, reason, out.message_id, key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,60 +60,10 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def test_serve_on_the_embedded_default_persists_across_restarts_and_keeps_secrets_out_of_logs(tmp_path):
-    port = _free_port()
-    env = _env(tmp_path, TWILIO_ACCOUNT_SID=support.ACCOUNT_SID, TWILIO_AUTH_TOKEN=support.AUTH_TOKEN,
-               PARLEY_API_KEY=support.API_KEY, WHATSAPP_PHONE_NUMBER_ID=support.PHONE_NUMBER_ID,
-               WHATSAPP_APP_SECRET=support.APP_SECRET, WHATSAPP_VERIFY_TOKEN=support.VERIFY_TOKEN,
-               WHATSAPP_ACCESS_TOKEN=support.ACCESS_TOKEN, PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
-               PARLEY_LOG_LEVEL="DEBUG")
+@contextlib.contextmanager
+def _serving(env: dict[str, str], port: int, logs: list[str]) -> Iterator[str]:
+    """`parley serve` as a user runs it, until SIGTERM; its output is appended to `logs`."""
     base = f"http://127.0.0.1:{port}"
-    logs = ""
-    for round_ in range(2):
-        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(port)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if _get(base + "/readyz")[0] == 200:
-                        break
-                except OSError:
-                    time.sleep(0.2)
-            else:
-                pytest.fail("parley serve did not become ready")
-            sid = f"SM{round_:032x}"
-            body, headers = support.twilio_request(support.sms_pairs("persist me", sid), url=base + "/webhooks/twilio")
-            req = urllib.request.Request(base + "/webhooks/twilio", data=body, headers=headers, method="POST")
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                assert resp.status == 200
-            # The agent worker inside `serve` picks the message up with no network: classified, enriched, logged.
-            posted = time.monotonic()
-            while time.monotonic() - posted < 30:
-                status, data = _get(base + "/api/agent-logs?agent=enrichment",
-                                    {"Authorization": f"Bearer {support.API_KEY}"})
-                if status == 200 and len(json.loads(data)["items"]) == round_ + 1:
-                    break
-                time.sleep(0.05)
-            else:
-                pytest.fail("the message was never processed by the agents")
-            print(f"webhook to decision log: {time.monotonic() - posted:.3f} s")
-            # Meta's handshake puts the verify token in the query string: it must not reach a log line.
-            _get(base + "/webhooks/whatsapp?hub.mode=subscribe&hub.challenge=1"
-                 f"&hub.verify_token={support.VERIFY_TOKEN}")
-            status, data = _get(base + "/api/conversations?phone=%2B14155550101",
-                                {"Authorization": f"Bearer {support.API_KEY}"})
-            assert status == 200
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=60)
-            logs += out + err
-        assert proc.returncode == 0, err[-2000:]
-    # The second process found the first one's message: the embedded database persisted.
-    conv = json.loads(data)["items"][0]
-    assert (tmp_path / "home" / "pg" / "PG_VERSION").exists()
-    env_ok = {"Authorization": f"Bearer {support.API_KEY}"}
-    # Start once more only to read: both messages are there.
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -122,17 +74,58 @@ def test_serve_on_the_embedded_default_persists_across_restarts_and_keeps_secret
                     break
             except OSError:
                 time.sleep(0.2)
-        status, data = _get(base + f"/api/conversations/{conv['id']}/messages", env_ok)
-        assert [m["provider_message_id"] for m in json.loads(data)["items"]] == [f"SM{0:032x}", f"SM{1:032x}"]
+        else:
+            pytest.fail("parley serve did not become ready")
+        yield base
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
-        logs += out + err
-    assert "inbound stored" in logs
+        logs.append(out + err)
+    assert proc.returncode == 0, err[-2000:]
+
+
+def test_serve_on_the_embedded_default_persists_across_restarts_and_keeps_secrets_out_of_logs(tmp_path):
+    port = _free_port()
+    env = _env(tmp_path, TWILIO_ACCOUNT_SID=support.ACCOUNT_SID, TWILIO_AUTH_TOKEN=support.AUTH_TOKEN,
+               PARLEY_API_KEY=support.API_KEY, WHATSAPP_PHONE_NUMBER_ID=support.PHONE_NUMBER_ID,
+               WHATSAPP_APP_SECRET=support.APP_SECRET, WHATSAPP_VERIFY_TOKEN=support.VERIFY_TOKEN,
+               WHATSAPP_ACCESS_TOKEN=support.ACCESS_TOKEN, PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+               PARLEY_LOG_LEVEL="DEBUG")
+    auth = {"Authorization": f"Bearer {support.API_KEY}"}
+    logs: list[str] = []
+    for round_ in range(2):
+        with _serving(env, port, logs) as base:
+            body, headers = support.twilio_request(support.sms_pairs("persist me", f"SM{round_:032x}"),
+                                                   url=base + "/webhooks/twilio")
+            req = urllib.request.Request(base + "/webhooks/twilio", data=body, headers=headers, method="POST")
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status == 200
+            # The agent worker inside `serve` picks the message up with no network: classified, enriched, logged.
+            posted = time.monotonic()
+            while time.monotonic() - posted < 30:
+                status, data = _get(base + "/api/agent-logs?agent=enrichment", auth)
+                if status == 200 and len(json.loads(data)["items"]) == round_ + 1:
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the message was never processed by the agents")
+            print(f"webhook to decision log: {time.monotonic() - posted:.3f} s")
+            # Meta's handshake puts the verify token in the query string: it must not reach a log line.
+            _get(base + "/webhooks/whatsapp?hub.mode=subscribe&hub.challenge=1"
+                 f"&hub.verify_token={support.VERIFY_TOKEN}")
+    # A third start finds both earlier messages: the embedded database persisted across restarts.
+    assert (tmp_path / "home" / "pg" / "PG_VERSION").exists()
+    with _serving(env, port, logs) as base:
+        status, data = _get(base + "/api/conversations?phone=%2B14155550101", auth)
+        [conv] = json.loads(data)["items"]
+        status, data = _get(base + f"/api/conversations/{conv['id']}/messages", auth)
+        assert [m["provider_message_id"] for m in json.loads(data)["items"]] == [f"SM{0:032x}", f"SM{1:032x}"]
+    text = "".join(logs)
+    assert "inbound stored" in text
     for secret in (support.AUTH_TOKEN, support.API_KEY, support.APP_SECRET, support.VERIFY_TOKEN,
                    support.ACCESS_TOKEN):
-        assert secret not in logs
-    assert "+14155550101" not in logs
+        assert secret not in text
+    assert "+14155550101" not in text
 
 
 def test_classify_reads_lines_on_stdin_and_writes_json_lines(tmp_path):
