@@ -341,6 +341,16 @@ class Procs:
             self.stop(proc)
 
 
+def source_fingerprint() -> str:
+    """A short hash of parley's code (services/, db/, agents/: .py and .sql), to tell runs apart."""
+    root, digest = BENCH.parent, hashlib.sha256()
+    for top in ("services", "db", "agents"):
+        for path in sorted((root / top).rglob("*")):
+            if path.suffix in (".py", ".sql") and path.is_file():
+                digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -463,7 +473,7 @@ class WaitSampler(threading.Thread):
             try:
                 while not self.stop_flag.is_set():  # a failure elsewhere may stop PostgreSQL under us
                     rows = await conn.fetch(
-                        "SELECT state, wait_event_type, wait_event, left(query, 400) AS query FROM pg_stat_activity "
+                        "SELECT state, wait_event_type, wait_event, left(query, 3000) AS query FROM pg_stat_activity "
                         "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
                     )
                     locks = await conn.fetch(
@@ -754,7 +764,8 @@ def settle(run: Run, target: str, result: dict[str, Any]) -> None:
         )[0]
         if (row["messages"], row["backlog"]) != last:
             last, stable_since = (row["messages"], row["backlog"]), time.monotonic()
-        if row["backlog"] == 0 and time.monotonic() - stable_since >= 1:
+        # Done when nothing moves any more: no backlog, or one that no worker takes (PARLEY_WORKERS=0).
+        if time.monotonic() - stable_since >= (1 if row["backlog"] == 0 else 3):
             break
         time.sleep(0.25)
     result["settle_s"] = time.monotonic() - started
@@ -859,7 +870,7 @@ def report(run: Run, check: dict[str, Any], meta: dict[str, Any]) -> str:
     ratio = rps["parley"] / rps["ceiling"] if rps["ceiling"] else 0.0
     open_p99 = P["open"]["latency_ms"].get("p99")
     lines = [
-        f"Parley inbound webhook benchmark   {meta['machine']}",
+        f"Parley inbound webhook benchmark   {meta['machine']}, parley source {meta['source']}",
         f"closed loop: {a.duration:g}s, {a.connections} connections ({P['closed']['tool']}); open loop: "
         f"{a.rate:g} req/s for {a.duration:g}s (python client, latency from scheduled send); {a.users} senders; "
         f"PARLEY_LOG_LEVEL={a.log_level}",
@@ -1062,6 +1073,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.wait_quiet:
             log(f"other processes use {wait_quiet(a.wait_quiet):.2f} cores")
+        fingerprint = source_fingerprint()  # the tree may be edited while this runs: which code was measured
         start(run)
         version = sql(
             run.dsn,
@@ -1070,6 +1082,7 @@ def main(argv: list[str] | None = None) -> int:
         )[0]
         meta = {
             "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
+            "source": fingerprint,
             "postgres": f"{version['v']}: synchronous_commit={version['sc']}, fsync={version['f']}, "
             f"wal_sync_method={version['m']}",
         }

@@ -17,10 +17,11 @@ T = TypeVar("T")
 
 async def _init(conn: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):
-        await conn.set_type_codec(name, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(name, encoder=dumps, decoder=json.loads, schema="pg_catalog")
 
 
-def _dumps(value: object) -> str:
+def dumps(value: object) -> str:
+    """JSON as the database stores it (compact, UTF-8 kept)."""
     return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from services.inbound.batcher import Batcher
 from services.inbound.directory import Directory
 from services.runtime import Runtime
 from services.settings import Settings
@@ -11,3 +12,4 @@ from services.settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 RUNTIME = web.AppKey("runtime", Runtime)
 DIRECTORY = web.AppKey("directory", Directory)
+BATCHER = web.AppKey("batcher", Batcher)

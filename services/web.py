@@ -10,6 +10,7 @@ from services import appkeys
 from services import runtime as runtime_mod
 from services.httperrors import error_middleware
 from services.inbound import webhooks
+from services.inbound.batcher import Batcher
 from services.inbound.directory import Directory
 from services.ops import agents_api, api
 from services.settings import Settings
@@ -30,7 +31,13 @@ def create_app(settings: Settings, *, background: tuple[BackgroundFactory, ...] 
         async with runtime_mod.open_runtime(settings) as runtime:
             app[appkeys.RUNTIME] = runtime
             app[appkeys.DIRECTORY] = Directory(runtime.pool)
-            yield
+            batcher = Batcher(runtime.pool, writers=max(1, settings.db_pool_size // 2))
+            app[appkeys.BATCHER] = batcher
+            batcher.start()
+            try:
+                yield
+            finally:
+                await batcher.stop()
 
     app.cleanup_ctx.append(runtime_ctx)
     for factory in background:

@@ -77,50 +77,71 @@ WITH conv AS (
 )
 SELECT conv.id AS conversation_id, msg.id AS message_id FROM conv LEFT JOIN msg ON true;
 
--- name: insert_inbound_known_sender
--- The common case in one atomic statement (no BEGIN/COMMIT round trips): a sender we already know by
--- phone, no compliance keyword. No row back: the sender is new, take the full path. A redelivery
--- touches nothing and comes back with message_id NULL.
--- $1 = tenant_id, $2 = phone, $3 = channel_id, $4 = provider, $5 = provider_message_id, $6 = message_type,
--- $7 = body, $8 = media, $9 = details, $10 = segments, $11 = raw, $12 = provider_sent_at, $13 = event payload,
--- $14 = task max_attempts, $15 = profile_name, $16 = wa_id, $17 = wa_user_id, $18 = wa_parent_user_id,
--- $19 = wa_username
-WITH sender AS (
-    SELECT id FROM users WHERE tenant_id = $1 AND phone = $2
+-- name: insert_inbound_batch
+-- Group commit for known senders without a keyword: many webhooks' messages in one statement and one
+-- commit. Returns a row per input whose sender is known (by tenant and phone); an input with no row
+-- back has a new sender and takes the full path. A redelivery touches nothing: message_id NULL.
+-- $1..$19: parallel arrays, one element per message: tenant_id, phone, channel_id, provider,
+-- provider_message_id, message_type, body, media, details, segments, raw, provider_sent_at, event payload,
+-- task max_attempts, profile_name, wa_id, wa_user_id, wa_parent_user_id, wa_username
+WITH input AS (
+    -- JSON columns arrive as text: a list of JSON arrays would read as a two-dimensional array.
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::text[], $9::text[], $10::int[], $11::text[], $12::timestamptz[], $13::text[],
+                         $14::int[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[])
+        WITH ORDINALITY AS i (tenant_id, phone, channel_id, provider, provider_message_id, message_type, body, media,
+                              details, segments, raw, provider_sent_at, payload, max_attempts, profile_name, wa_id,
+                              wa_user_id, wa_parent_user_id, wa_username, n)
+), known AS (
+    SELECT i.*, u.id AS user_id FROM input i JOIN users u ON u.tenant_id = i.tenant_id AND u.phone = i.phone
 ), fresh AS (
-    SELECT sender.id FROM sender
-    WHERE NOT EXISTS (SELECT 1 FROM messages WHERE provider = $4 AND provider_message_id = $5)
+    -- One row per new provider message id (a batch may carry a redelivery of its own message).
+    SELECT DISTINCT ON (k.provider, k.provider_message_id) k.* FROM known k
+    WHERE NOT EXISTS (SELECT 1 FROM messages m
+                      WHERE m.provider = k.provider AND m.provider_message_id = k.provider_message_id)
+    ORDER BY k.provider, k.provider_message_id, k.n
 ), profile AS (
-    UPDATE users u SET profile_name = COALESCE($15, u.profile_name), wa_id = COALESCE($16, u.wa_id),
-                       wa_user_id = COALESCE($17, u.wa_user_id),
-                       wa_parent_user_id = COALESCE($18, u.wa_parent_user_id),
-                       wa_username = COALESCE($19, u.wa_username), updated_at = now()
-    FROM fresh
-    WHERE u.id = fresh.id AND (($15::text IS NOT NULL AND u.profile_name IS DISTINCT FROM $15)
-                               OR ($16::text IS NOT NULL AND u.wa_id IS DISTINCT FROM $16)
-                               OR ($17::text IS NOT NULL AND u.wa_user_id IS DISTINCT FROM $17)
-                               OR ($19::text IS NOT NULL AND u.wa_username IS DISTINCT FROM $19))
+    UPDATE users u SET profile_name = COALESCE(f.profile_name, u.profile_name), wa_id = COALESCE(f.wa_id, u.wa_id),
+                       wa_user_id = COALESCE(f.wa_user_id, u.wa_user_id),
+                       wa_parent_user_id = COALESCE(f.wa_parent_user_id, u.wa_parent_user_id),
+                       wa_username = COALESCE(f.wa_username, u.wa_username), updated_at = now()
+    FROM (SELECT DISTINCT ON (user_id) * FROM fresh ORDER BY user_id, n DESC) f
+    WHERE u.id = f.user_id AND ((f.profile_name IS NOT NULL AND u.profile_name IS DISTINCT FROM f.profile_name)
+                                OR (f.wa_id IS NOT NULL AND u.wa_id IS DISTINCT FROM f.wa_id)
+                                OR (f.wa_user_id IS NOT NULL AND u.wa_user_id IS DISTINCT FROM f.wa_user_id)
+                                OR (f.wa_username IS NOT NULL AND u.wa_username IS DISTINCT FROM f.wa_username))
 ), conv AS (
+    -- Sorted, so that concurrent batches lock conversations in the same order and never deadlock.
     INSERT INTO conversations (tenant_id, user_id, channel_id, last_message_at, last_inbound_at)
-    SELECT $1, fresh.id, $3, now(), now() FROM fresh
+    SELECT DISTINCT tenant_id, user_id, channel_id, now(), now() FROM fresh
+    ORDER BY tenant_id, user_id, channel_id
     ON CONFLICT ON CONSTRAINT conversations_tenant_user_channel_key
     DO UPDATE SET last_message_at = now(), last_inbound_at = now(), status = 'active'
-    RETURNING id
+    RETURNING id, tenant_id, user_id, channel_id
 ), msg AS (
     INSERT INTO messages (tenant_id, conversation_id, direction, provider, provider_message_id,
                           message_type, body, media, details, status, segments, raw, provider_sent_at)
-    SELECT $1, conv.id, 'inbound', $4, $5, $6, $7, $8, $9, 'received', $10, $11, $12 FROM conv
+    SELECT f.tenant_id, c.id, 'inbound', f.provider, f.provider_message_id, f.message_type, f.body, f.media::jsonb,
+           f.details::jsonb, 'received', f.segments, f.raw::jsonb, f.provider_sent_at
+    FROM fresh f
+    JOIN conv c ON c.tenant_id = f.tenant_id AND c.user_id = f.user_id AND c.channel_id = f.channel_id
+    ORDER BY f.n  -- ids in arrival order: the agents work through a conversation in id order
     ON CONFLICT ON CONSTRAINT messages_provider_message_id_key DO NOTHING
-    RETURNING id, conversation_id
+    RETURNING id, tenant_id, conversation_id, provider, provider_message_id
 ), event AS (
     INSERT INTO events (tenant_id, type, conversation_id, user_id, message_id, payload)
-    SELECT $1, 'message.received', msg.conversation_id, sender.id, msg.id, $13 FROM msg, sender
+    SELECT m.tenant_id, 'message.received', m.conversation_id, f.user_id, m.id, f.payload::jsonb
+    FROM msg m JOIN fresh f ON f.provider = m.provider AND f.provider_message_id = m.provider_message_id
 ), task AS (
     INSERT INTO agent_tasks (tenant_id, conversation_id, message_id, kind, max_attempts)
-    SELECT $1, msg.conversation_id, msg.id, 'process_message', $14 FROM msg
+    SELECT m.tenant_id, m.conversation_id, m.id, 'process_message', f.max_attempts
+    FROM msg m JOIN fresh f ON f.provider = m.provider AND f.provider_message_id = m.provider_message_id
+    ORDER BY m.id
 )
-SELECT sender.id AS user_id, conv.id AS conversation_id, msg.id AS message_id
-FROM sender LEFT JOIN conv ON true LEFT JOIN msg ON true;
+SELECT k.n, k.user_id, m.conversation_id, m.id AS message_id
+FROM known k
+LEFT JOIN fresh f ON f.n = k.n
+LEFT JOIN msg m ON m.provider = f.provider AND m.provider_message_id = f.provider_message_id;
 
 -- name: set_consent
 -- $1 = user id, $2 = state, $3 = source, $4 = keyword, $5 = message id, $6 = changed_by

@@ -12,6 +12,7 @@ from db import pool as db_pool
 from db import queries
 from services import events, keywords, phone
 from services.channels.base import InboundMessage, StatusUpdate
+from services.inbound.batcher import Batcher
 from services.inbound.directory import Channel
 
 Q = queries.load(__file__)
@@ -44,31 +45,18 @@ class _Duplicate(Exception):
     """Lost a race with a concurrent delivery of the same message: roll back, report a duplicate."""
 
 
-async def ingest(pool: asyncpg.Pool, channel: Channel, msg: InboundMessage, max_attempts: int) -> Stored:
+async def ingest(pool: asyncpg.Pool, batcher: Batcher, channel: Channel, msg: InboundMessage,
+                 max_attempts: int) -> Stored:
     match = keywords.match(msg.body) if msg.message_type in _KEYWORD_TYPES else None
     if match is None and msg.sender.phone:
-        stored = await _ingest_known_sender(pool, channel, msg, max_attempts)
-        if stored is not None:
-            return stored
+        # The common case (a sender we know, no compliance keyword) is group-committed with others.
+        known = await batcher.submit(channel, msg, _payload(channel, msg, None), max_attempts)
+        if known is not None:
+            return Stored(known.message_id, known.conversation_id, known.user_id)
     try:
         return await db_pool.in_transaction(pool, lambda conn: _ingest(conn, channel, msg, max_attempts))
     except _Duplicate:
         return Stored(None, None, None)
-
-
-async def _ingest_known_sender(pool: asyncpg.Pool, channel: Channel, msg: InboundMessage,
-                               max_attempts: int) -> Stored | None:
-    """One statement for a known sender without a keyword; None when the sender is new."""
-    s = msg.sender
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow(
-            Q.insert_inbound_known_sender, channel.tenant_id, s.phone, channel.id, msg.provider.value,
-            msg.provider_message_id, msg.message_type.value, msg.body, [m.as_json() for m in msg.media],
-            msg.details, msg.segments, msg.raw, msg.sent_at, _payload(channel, msg, None), max_attempts,
-            s.profile_name, s.wa_id, s.wa_user_id, s.wa_parent_user_id, s.username)
-    if row is None:
-        return None
-    return Stored(row["message_id"], row["conversation_id"], row["user_id"])
 
 
 def _payload(channel: Channel, msg: InboundMessage, keyword: keywords.Keyword | None) -> dict[str, object]:

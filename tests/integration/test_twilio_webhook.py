@@ -368,3 +368,52 @@ async def test_redelivery_of_a_known_senders_message_changes_nothing(client, db)
     assert before == after
     assert await db.fetchval("SELECT count(*) FROM messages") == 2
     assert await db.fetchval("SELECT count(*) FROM agent_tasks") == 2
+
+
+async def test_known_senders_concurrent_messages_are_group_committed_each_exactly_once(client, db):
+    from services import appkeys
+    from services.channels import twilio
+    from services.inbound.batcher import Batcher
+
+    senders = [f"+1415555{n:04d}" for n in range(1100, 1105)]
+    for i, sender in enumerate(senders):  # first contact: creates the users
+        assert (await post_twilio(client, sms_pairs("hello", f"SM{i:032x}", from_=sender))).status == 200
+    runtime = client.app[appkeys.RUNTIME]
+    channel = await client.app[appkeys.DIRECTORY].route_twilio(
+        twilio.parse_inbound(sms_pairs("x", "SM" + "0" * 32)).channel_kind, "+14155550100", None,
+        support.ACCOUNT_SID)
+    batcher = Batcher(runtime.pool, writers=1)
+    batcher.start()
+    try:
+        msgs = [twilio.parse_inbound(sms_pairs(f"m{n}", f"SM{100 + n:032x}", from_=senders[n % 5]))
+                for n in range(50)]
+        msgs += msgs[:7]  # redeliveries inside the same batch
+        results = await asyncio.gather(*[batcher.submit(channel, m, {}, 5) for m in msgs])
+    finally:
+        await batcher.stop()
+    assert batcher.batches == 1  # everything queued before the writer ran went in one statement
+    stored = [r for r in results if r is not None and r.message_id is not None]
+    assert len(stored) == 50 and all(r is not None for r in results)
+    assert [r.message_id for r in results[50:]] == [None] * 7
+    assert await db.fetchval("SELECT count(*) FROM messages") == 55
+    assert await db.fetchval("SELECT count(*) FROM agent_tasks") == 55
+    assert await db.fetchval("SELECT count(*) FROM events WHERE type = 'message.received'") == 55
+    assert await db.fetchval("SELECT count(*) FROM conversations") == 5
+    # Ids follow arrival order within each conversation, so the agents work through it in order.
+    for sender in senders:
+        bodies = [r["body"] for r in await db.fetch(
+            "SELECT m.body FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+            "JOIN users u ON u.id = c.user_id WHERE u.phone = $1 AND m.body <> 'hello' ORDER BY m.id", sender)]
+        assert bodies == sorted(bodies, key=lambda b: int(b[1:]))
+
+
+async def test_new_sender_in_a_batch_takes_the_full_path(client, db):
+    from services import appkeys
+    from services.channels import twilio
+
+    batcher = client.app[appkeys.BATCHER]
+    channel = await client.app[appkeys.DIRECTORY].route_twilio(
+        twilio.parse_inbound(sms_pairs("x", "SM" + "0" * 32)).channel_kind, "+14155550100", None,
+        support.ACCOUNT_SID)
+    assert await batcher.submit(channel, twilio.parse_inbound(sms_pairs("hi", "SM" + "e1" * 16)), {}, 5) is None
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
