@@ -721,8 +721,9 @@ def drive_all(run: Run, use_wrk: bool) -> None:
         warm = {"mode": "closed", "requests": str(files["warmup"][0]), "connections": min(16, a.connections)}
         res["warmup"] = run.phase("warmup", t, functools.partial(run.client, t, warm))
         if res["warmup"]["ok"] == 0:
+            tail = (run.tmp / f"{t}.log").read_text(errors="replace")[-3000:]
             raise SystemExit(
-                f"{t} answered no warm-up request with 200: {res['warmup']['statuses']} (log: {run.tmp / t}.log)"
+                f"{t} answered no warm-up request with 200: {res['warmup']['statuses']}; its log ends:\n{tail}"
             )
         settle(run, t, res["warmup"])
         if t == "parley":

@@ -23,6 +23,15 @@ def _secrets(s: settings_mod.Settings) -> list[str]:
     return found
 
 
+def _fast_event_loop() -> None:
+    """uvloop when available: the webhook and claim loops spend much of their time in the event loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - optional on platforms without it
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def _load() -> settings_mod.Settings:
     try:
         s = settings_mod.load()
@@ -30,6 +39,7 @@ def _load() -> settings_mod.Settings:
         print(f"parley: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     logs.configure(s.log_level, _secrets(s))
+    _fast_event_loop()
     return s
 
 
