@@ -86,7 +86,8 @@ def default_worker_id() -> str:
 class Worker:
     def __init__(self, pool: asyncpg.Pool, dsn: str, handler: Handler, *, worker_id: str | None = None,
                  batch_size: int = 64, concurrency: int = 4, lease_s: float = 60.0,
-                 poll_interval_s: float = 1.0, backoff: Callable[[int], float] = backoff_s) -> None:
+                 poll_interval_s: float = 1.0, backoff: Callable[[int], float] = backoff_s,
+                 coalesce_s: float = 0.005) -> None:
         self.pool = pool
         self.dsn = dsn
         self.handler = handler
@@ -96,7 +97,12 @@ class Worker:
         self.lease_s = lease_s
         self.poll_interval_s = poll_interval_s
         self.backoff = backoff
+        self.coalesce_s = coalesce_s
         self._wake = asyncio.Event()
+        # Bumped by every NOTIFY (and poll); `_drained_generation` is the newest generation whose
+        # claim came back short, i.e. after which the queue was seen empty.
+        self._generation = 0
+        self._drained_generation = 0
         self.processed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -118,11 +124,15 @@ class Worker:
         await stop.wait()
         self._wake.set()
 
+    def _notified(self) -> None:
+        self._generation += 1
+        self._wake.set()
+
     async def _listen(self) -> asyncpg.Connection | None:
         # NOTIFY is only a hint: if LISTEN fails we still poll.
         try:
             conn = await db_pool.connect(self.dsn)
-            await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
+            await conn.add_listener(CHANNEL, lambda *_: self._notified())
             return conn
         except Exception:  # noqa: BLE001
             log.warning("LISTEN unavailable; polling only", exc_info=True)
@@ -130,18 +140,29 @@ class Worker:
 
     async def _loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            try:
-                claimed = await self.claim_once()
-            except Exception:  # noqa: BLE001 - database hiccup: back off and keep the worker alive
-                log.exception("claim failed", extra={"worker_id": self.worker_id})
+            generation = self._generation
+            if self._drained_generation >= generation and generation > 0:
+                # Another loop already found the queue empty after the last wake-up: a claim from
+                # this loop would only repeat that query. Wait for news instead.
                 claimed = 0
-                await _sleep_unless(stop, self.poll_interval_s)
+            else:
+                try:
+                    claimed = await self.claim_once()
+                except Exception:  # noqa: BLE001 - database hiccup: back off and keep the worker alive
+                    log.exception("claim failed", extra={"worker_id": self.worker_id})
+                    claimed = 0
+                    await _sleep_unless(stop, self.poll_interval_s)
+                if claimed < self.batch_size:
+                    self._drained_generation = max(self._drained_generation, generation)
             if claimed == 0 and not stop.is_set():
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
                 except TimeoutError:
-                    pass
+                    self._generation += 1  # the poll: a fresh look at the queue
+                else:
+                    # A burst of inserts notifies once per transaction: let it gather into a batch.
+                    await asyncio.sleep(self.coalesce_s)
 
     async def claim_once(self) -> int:
         """Claim one batch, run it, settle failures. Returns how many tasks were claimed."""

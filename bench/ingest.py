@@ -992,11 +992,14 @@ def report(run: Run, check: dict[str, Any], meta: dict[str, Any]) -> str:
         ]
     settled = [
         f"{ph} {P[ph]['settle_s']:.1f}s"
-        + (f" (backlog left {b})" if (b := P[ph]["agent_backlog_after_settle"]) else "")
+        + (f" ({b} agent tasks left, none being taken)" if (b := P[ph]["agent_backlog_after_settle"]) else "")
         for ph in PHASES
         if "settle_s" in P[ph]
     ]
-    lines += ["", "parley's agent worker caught up with each phase's tasks after: " + ", ".join(settled)]
+    lines += [
+        "",
+        "parley settled (in-flight requests committed, agent worker caught up) after: " + ", ".join(settled),
+    ]
     if any(res[t]["closed"].get("wrapped") for t in TARGETS):
         lines.append("!!! wrk ran out of pre-signed bodies and repeated MessageSids: raise --max-rps")
     return "\n".join(line.rstrip() for line in lines)

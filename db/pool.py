@@ -25,10 +25,19 @@ def dumps(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Pooled connections carry no session state to undo: no SET, LISTEN, advisory lock or cursor ever
+    outlives an acquire (migrations and LISTEN use dedicated connections). asyncpg's default reset
+    (`RESET ALL; UNLISTEN *; ...`) would cost a round trip on every release. A transaction left open
+    (a task cancelled at the wrong moment) is still rolled back; that check costs nothing."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def create(dsn: str, size: int) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(dsn, min_size=min(2, size), max_size=size, init=_init,
-                                         command_timeout=30)
+                                         reset=_no_reset, command_timeout=30)
     except Exception as exc:
         raise errors.translate(exc) from exc
     assert pool is not None
