@@ -32,14 +32,18 @@ def pipeline(settings: Settings) -> Pipeline:
                     uses_context=settings.openai_api_key is not None)
 
 
-def worker(settings: Settings, pool: asyncpg.Pool, dsn: str, worker_id: str | None = None) -> Worker:
-    return Worker(pool, dsn, pipeline(settings), worker_id=worker_id, concurrency=settings.worker_concurrency,
+def worker(settings: Settings, pool: asyncpg.Pool, dsn: str, worker_id: str | None = None, *,
+           concurrency: int | None = None, batch_size: int = 64) -> Worker:
+    return Worker(pool, dsn, pipeline(settings), worker_id=worker_id,
+                  concurrency=concurrency or settings.worker_concurrency, batch_size=batch_size,
                   lease_s=settings.task_lease_s, poll_interval_s=settings.poll_interval_s)
 
 
-async def run_workers(settings: Settings, pool: asyncpg.Pool, dsn: str, stop: asyncio.Event) -> None:
+async def run_workers(settings: Settings, pool: asyncpg.Pool, dsn: str, stop: asyncio.Event, *,
+                      concurrency: int | None = None, batch_size: int = 64) -> None:
     """`settings.workers` workers in this process until `stop` is set; in-flight work finishes first."""
-    workers = [worker(settings, pool, dsn) for _ in range(settings.workers)]
+    workers = [worker(settings, pool, dsn, concurrency=concurrency, batch_size=batch_size)
+               for _ in range(settings.workers)]
     log.info("agent workers started", extra={"workers": len(workers)})
     await asyncio.gather(*(w.run(stop) for w in workers))
 
@@ -53,7 +57,11 @@ def background(settings: Settings):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         runtime = app[appkeys.RUNTIME]
         stop = asyncio.Event()
-        task = asyncio.create_task(run_workers(settings, runtime.pool, runtime.dsn, stop), name="agent-workers")
+        # Small batches: a batch's classification runs between webhook callbacks on this event loop.
+        task = asyncio.create_task(
+            run_workers(settings, runtime.pool, runtime.dsn, stop,
+                        concurrency=settings.serve_worker_concurrency, batch_size=16),
+            name="agent-workers")
         yield
         stop.set()
         await task

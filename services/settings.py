@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     db_pool_size: Annotated[int, Field(ge=2, le=200)] = Field(10, alias="PARLEY_DB_POOL_SIZE")
     workers: Annotated[int, Field(ge=0, le=64)] = Field(1, alias="PARLEY_WORKERS")
     worker_concurrency: Annotated[int, Field(ge=1, le=256)] = Field(8, alias="PARLEY_WORKER_CONCURRENCY")
+    # Inside `parley serve` the agents share the event loop with the webhooks: fewer, smaller batches
+    # keep acknowledgements fast; the backlog of a burst is worked off after it.
+    serve_worker_concurrency: Annotated[int, Field(ge=1, le=256)] = Field(1, alias="PARLEY_SERVE_WORKER_CONCURRENCY")
     task_lease_s: Annotated[float, Field(gt=0)] = Field(60.0, alias="PARLEY_TASK_LEASE_S")
     task_max_attempts: Annotated[int, Field(ge=1, le=50)] = Field(5, alias="PARLEY_TASK_MAX_ATTEMPTS")
     poll_interval_s: Annotated[float, Field(gt=0)] = Field(1.0, alias="PARLEY_POLL_INTERVAL_S")
