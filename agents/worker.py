@@ -99,8 +99,8 @@ class Worker:
         self.backoff = backoff
         self.coalesce_s = coalesce_s
         self._wake = asyncio.Event()
-        # Bumped by every NOTIFY (and poll); `_drained_generation` is the newest generation whose
-        # claim came back short, i.e. after which the queue was seen empty.
+        # Bumped by every NOTIFY; `_drained_generation` is the newest generation at which a claim
+        # started and came back short, i.e. after which the queue was seen empty.
         self._generation = 0
         self._drained_generation = 0
         self.processed = 0
@@ -139,13 +139,14 @@ class Worker:
             return None
 
     async def _loop(self, stop: asyncio.Event) -> None:
+        woke_at: int | None = None  # the generation this loop was woken at by a NOTIFY
         while not stop.is_set():
-            generation = self._generation
-            if self._drained_generation >= generation and generation > 0:
-                # Another loop already found the queue empty after the last wake-up: a claim from
-                # this loop would only repeat that query. Wait for news instead.
+            if woke_at is not None and self._drained_generation >= woke_at:
+                # Another loop already claimed after that wake-up and found the queue empty: the same
+                # query from this loop would find nothing either. Wait for news instead.
                 claimed = 0
             else:
+                generation = self._generation
                 try:
                     claimed = await self.claim_once()
                 except Exception:  # noqa: BLE001 - database hiccup: back off and keep the worker alive
@@ -154,15 +155,16 @@ class Worker:
                     await _sleep_unless(stop, self.poll_interval_s)
                 if claimed < self.batch_size:
                     self._drained_generation = max(self._drained_generation, generation)
+            woke_at = None
             if claimed == 0 and not stop.is_set():
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
                 except TimeoutError:
-                    self._generation += 1  # the poll: a fresh look at the queue
-                else:
-                    # A burst of inserts notifies once per transaction: let it gather into a batch.
-                    await asyncio.sleep(self.coalesce_s)
+                    continue  # the poll: look at the queue again, whatever other loops saw
+                # A burst of inserts notifies once per transaction: let it gather into a batch.
+                await asyncio.sleep(self.coalesce_s)
+                woke_at = self._generation
 
     async def claim_once(self) -> int:
         """Claim one batch, run it, settle failures. Returns how many tasks were claimed."""
