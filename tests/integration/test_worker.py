@@ -217,17 +217,19 @@ async def test_notify_wakes_an_idle_worker_long_before_its_poll_interval(client,
 
 
 async def test_backlog_is_worked_off_without_waiting_for_a_notify_or_the_poll(client, db):
-    # Three conversations of five messages: every claim finds at most three heads, fewer than a batch.
-    for i in range(15):
-        await say(client, f"question {i}?", i, from_=f"+1415555010{i % 3}")
     runtime = client.app[appkeys.RUNTIME]
     w = worker.Worker(runtime.pool, runtime.dsn, service.pipeline(runtime.settings), worker_id="backlog",
                       batch_size=4, concurrency=2, poll_interval_s=3600.0)
     stop = asyncio.Event()
     running = asyncio.create_task(w.run(stop))
     try:
+        await asyncio.sleep(0.3)  # listening
+        # Three conversations of eight messages arriving while the worker runs: each claim finds at most
+        # three heads (a short batch), and the last NOTIFY comes long before the last task is claimable.
+        for i in range(24):
+            await say(client, f"question {i}?", i, from_=f"+1415555010{i % 3}")
         await _wait_for(db, "SELECT count(*) FROM agent_tasks WHERE status <> 'done'", 0, timeout=20)
     finally:
         stop.set()
         await running
-    assert w.processed == 15
+    assert w.processed == 24
