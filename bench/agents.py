@@ -96,7 +96,7 @@ async def pipeline_throughput(dsn: str, n_messages: int, n_users: int, texts: li
         started = time.perf_counter()
         running = asyncio.create_task(worker.run(stop))
         async with pool.acquire() as conn:
-            while await conn.fetchval("SELECT count(*) FROM agent_tasks WHERE status <> 'done'"):
+            while await conn.fetchval("SELECT count(*) FROM agent_tasks WHERE status IN ('pending', 'running')"):
                 await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
         stop.set()
