@@ -21,10 +21,7 @@ def summarizer(settings: Settings) -> Summarizer:
     local = LocalSummarizer()
     if settings.openai_api_key is None:
         return local
-    return OpenAISummarizer(settings.openai_api_key.get_secret_value(),
-                            str(settings.openai_base_url) if settings.openai_base_url else None,
-                            settings.openai_model, local, timeout_s=settings.openai_timeout_s,
-                            max_retries=settings.openai_max_retries)
+    return OpenAISummarizer(fallback=local, **select.openai_options(settings))
 
 
 def pipeline(settings: Settings) -> Pipeline:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from typing import Any
 
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
@@ -23,6 +24,7 @@ from services.inbound.public_url import external_url
 log = logging.getLogger("parley.inbound")
 
 FORM = "application/x-www-form-urlencoded"
+_EMPTY_FORM: MultiDictProxy[Any] = MultiDictProxy(MultiDict())
 
 
 def routes() -> list[web.RouteDef]:
@@ -38,26 +40,29 @@ def _bad_request(exc: PayloadError) -> web.Response:
     return json_error(400, f"malformed payload: {exc.field} {exc.problem}", exc.field)
 
 
-async def _twilio_form(request: web.Request) -> tuple[MultiDictProxy[str], web.Response | None]:
+async def _twilio_form(request: web.Request) -> tuple[MultiDictProxy[Any], web.Response | None]:
     """The form, once its signature is proven; otherwise the refusal to send."""
-    empty: MultiDictProxy[str] = MultiDictProxy(MultiDict())
     if request.content_type != FORM:
         # Checked before reading: Twilio always posts a form, and request.post() would read other
         # content types as an empty form.
-        return empty, json_error(400, f"Content-Type must be {FORM}", "Content-Type")
+        return _EMPTY_FORM, json_error(400, f"Content-Type must be {FORM}", "Content-Type")
     try:
-        posted = await request.post()
+        form = await request.post()
     except (UnicodeDecodeError, ValueError):
-        return empty, json_error(400, "body is not a valid urlencoded form", "body")
-    # A urlencoded body only holds strings (files come with multipart, refused above).
-    form = MultiDictProxy(MultiDict((k, v) for k, v in posted.items() if isinstance(v, str)))
+        return _EMPTY_FORM, json_error(400, "body is not a valid urlencoded form", "body")
     signature = request.headers.get(twilio.SIGNATURE_HEADER)
     url = external_url(request, request.app[appkeys.RUNTIME].settings)
-    tokens = await request.app[appkeys.DIRECTORY].twilio_tokens(form.get("AccountSid"))
+    account_sid = form.get("AccountSid")
+    tokens = await request.app[appkeys.DIRECTORY].twilio_tokens(account_sid if isinstance(account_sid, str) else None)
     if not signature or not any(twilio.verify_signature(t, url, form, signature) for t in tokens):
         log.warning("twilio signature refused", extra={"path": request.path})
-        return empty, json_error(403, "invalid or missing X-Twilio-Signature")
+        return _EMPTY_FORM, json_error(403, "invalid or missing X-Twilio-Signature")
     return form, None
+
+
+def _text(form: MultiDictProxy[Any], name: str) -> str | None:
+    value = form.get(name)
+    return value if isinstance(value, str) else None
 
 
 async def twilio_inbound(request: web.Request) -> web.Response:
@@ -89,10 +94,10 @@ async def twilio_status(request: web.Request) -> web.Response:
     # The callback's From is our number: it names the tenant the history row belongs to.
     channel = None
     if update.channel_address:
-        kind = (ChannelKind.TWILIO_WHATSAPP if form.get("From", "").startswith("whatsapp:")
+        kind = (ChannelKind.TWILIO_WHATSAPP if (_text(form, "From") or "").startswith("whatsapp:")
                 else ChannelKind.TWILIO_SMS)
         channel = await request.app[appkeys.DIRECTORY].route_twilio(
-            kind, update.channel_address, form.get("MessagingServiceSid"), form.get("AccountSid"))
+            kind, update.channel_address, _text(form, "MessagingServiceSid"), _text(form, "AccountSid"))
     await store.record_status(request.app[appkeys.RUNTIME].pool, channel.tenant_id if channel else None, update)
     return web.Response(status=200)
 
