@@ -24,8 +24,8 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
@@ -53,6 +53,7 @@ _KEYWORD_INTENTS = {
 
 # --- text normalisation and features (shared with agents.intent.train) ----------------------------
 
+_WORD_CACHE_SIZE = 50_000
 _WORD = re.compile(r"[^\W\d_]+|\d+")
 # "yesss" -> "yes", "ouiii" -> "oui", "ayudaaa" -> "ayuda": elongation carries emphasis, not meaning.
 _ELONGATION = re.compile(r"([^\W\d_])\1{2,}")
@@ -85,15 +86,19 @@ def _char_ngrams(words: Iterable[str], sizes: range, prefix: str) -> list[str]:
     return grams
 
 
-def intent_features(text: str) -> list[str]:
-    """The intent model's features of `text`, as strings (duplicates allowed; presence is what counts)."""
+def _intent_words(text: str) -> tuple[str, list[str]]:
     folded = fold(text)
-    words = ["#" if token.isdigit() else token for token in _WORD.findall(folded)]
-    features = [f"w:{word}" for word in words]
+    return folded, ["#" if token.isdigit() else token for token in _WORD.findall(folded)]
+
+
+def _intent_word_features(word: str) -> list[str]:
+    return [f"w:{word}", *_char_ngrams((word,), range(3, 6), "c:")]
+
+
+def _intent_other_features(folded: str, words: list[str]) -> list[str]:
     # Sentence boundaries make "stop ..." at the start differ from "... can stop by".
     bounded = ["^", *words, "$"]
-    features.extend(f"b:{a} {b}" for a, b in zip(bounded, bounded[1:], strict=False))
-    features.extend(_char_ngrams(words, range(3, 6), "c:"))
+    features = [f"b:{a} {b}" for a, b in zip(bounded, bounded[1:], strict=False)]
     features.extend(f"e:{emoji}" for emoji in _emoji(folded))
     if "?" in folded or "¿" in folded:
         features.append("p:?")
@@ -102,14 +107,34 @@ def intent_features(text: str) -> list[str]:
     return features
 
 
+def intent_features(text: str) -> list[str]:
+    """The intent model's features of `text`, as strings (duplicates allowed; presence is what counts)."""
+    folded, words = _intent_words(text)
+    features = [f"w:{word}" for word in words]
+    features.extend(_intent_other_features(folded, words))
+    features.extend(_char_ngrams(words, range(3, 6), "c:"))
+    return features
+
+
+def _language_words(text: str) -> tuple[str, list[str]]:
+    text = _ELONGATION.sub(r"\1", unicodedata.normalize("NFKC", text).casefold())
+    return text, [token for token in _WORD.findall(text) if not token.isdigit()]
+
+
+def _language_word_features(word: str) -> list[str]:
+    return [f"w:{word}", *_char_ngrams((word,), range(1, 4), "c:")]
+
+
+def _language_other_features(text: str, words: list[str]) -> list[str]:
+    return ["p:¿"] if "¿" in text or "¡" in text else []
+
+
 def language_features(text: str) -> list[str]:
     """The language model's features: words and character n-grams that keep accents (é, ñ, ç tell)."""
-    text = _ELONGATION.sub(r"\1", unicodedata.normalize("NFKC", text).casefold())
-    words = [token for token in _WORD.findall(text) if not token.isdigit()]
+    text, words = _language_words(text)
     features = [f"w:{word}" for word in words]
     features.extend(_char_ngrams(words, range(1, 4), "c:"))
-    if "¿" in text or "¡" in text:
-        features.append("p:¿")
+    features.extend(_language_other_features(text, words))
     return features
 
 
@@ -146,6 +171,9 @@ class LinearModel:
     index: dict[str, int]  # feature -> row of `weights`
     weights: np.ndarray  # shape (features, classes)
     intercept: np.ndarray  # shape (classes,)
+    # word -> rows of that word's own features: words recur from message to message, so their
+    # n-grams are generated and looked up once (bounded; cleared when full).
+    word_rows: dict[str, frozenset[int]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_json(cls, data: LinearModelJSON) -> LinearModel:
@@ -162,15 +190,32 @@ class LinearModel:
     def known(self, features: Iterable[str]) -> list[int]:
         """Rows of the distinct known features, sorted so that summation order (and so the last bit of
         every score) does not depend on set iteration order."""
-        index = self.index
-        return sorted({index[feature] for feature in features if feature in index})
+        get = self.index.get
+        return sorted({row for feature in features if (row := get(feature)) is not None})
+
+    def known_words(self, words: Iterable[str], word_features: Callable[[str], list[str]],
+                    others: Iterable[str]) -> list[int]:
+        """Same as `known(features)` for features made of each word's own features plus `others`."""
+        cache = self.word_rows
+        get = self.index.get
+        rows: set[int] = {row for feature in others if (row := get(feature)) is not None}
+        for word in words:
+            cached = cache.get(word)
+            if cached is None:
+                if len(cache) >= _WORD_CACHE_SIZE:
+                    cache.clear()
+                cached = cache[word] = frozenset(
+                    row for feature in word_features(word) if (row := get(feature)) is not None)
+            rows |= cached
+        return sorted(rows)
 
     def probabilities(self, rows: Sequence[int]) -> np.ndarray:
         """Class probabilities for a document whose known features are `rows`."""
         scores = self.intercept.copy()
         if rows:
             # Binary features scaled to unit L2 norm, exactly as in training.
-            scores += self.weights[rows].sum(axis=0) / math.sqrt(len(rows))
+            # take() on an index array is several times cheaper than fancy indexing with a list.
+            scores += self.weights.take(np.asarray(rows, dtype=np.intp), axis=0).sum(axis=0) / math.sqrt(len(rows))
         scores -= scores.max()
         exp = np.exp(scores)
         probabilities: np.ndarray = exp / exp.sum()
@@ -364,7 +409,8 @@ class LocalClassifier:
         model's prior probability of OTHER as confidence.
         """
         models = self.models
-        rows = models.intent.known(intent_features(text))
+        folded, words = _intent_words(text)
+        rows = models.intent.known_words(words, _intent_word_features, _intent_other_features(folded, words))
         probabilities = models.intent.probabilities(rows)
         if rows:
             best = int(np.argmax(probabilities))
@@ -384,7 +430,8 @@ class LocalClassifier:
         if not has_letters(text):
             return UNDETERMINED
         model = self.models.language
-        rows = model.known(language_features(text))
+        folded, words = _language_words(text)
+        rows = model.known_words(words, _language_word_features, _language_other_features(folded, words))
         if not rows:
             return UNDETERMINED
         probabilities = model.probabilities(rows)

@@ -331,3 +331,24 @@ def test_shipped_artifact_is_what_training_produces(
     fresh, current = local.LocalClassifier(retrained_path), local.LocalClassifier()
     for row in [*eval_rows, *train_rows[::7]]:
         assert fresh.classify_sync(row.text) == current.classify_sync(row.text), row.text
+
+
+def test_cached_per_word_lookup_finds_exactly_the_features_training_used():
+    """The classifier looks features up word by word (cached); training enumerates them whole.
+    Both must give the same rows for every labelled text, or the shipped model would be misread."""
+    from agents.intent import local as local_mod
+    from agents.intent import train as train_mod
+
+    models = local_mod.LocalClassifier().models
+    texts = [r.text for r in train_mod.load_examples(train_mod.TRAIN_PATH)]
+    texts += [r.text for r in train_mod.load_examples(train_mod.EVAL_PATH)]
+    texts += ["", "🛑", "STOPPPP!!!", "¿Qué?", "12 34", "Ça va ? 👍🏽"]
+    for text in texts:
+        folded, words = local_mod._intent_words(text)
+        assert models.intent.known_words(words, local_mod._intent_word_features,
+                                         local_mod._intent_other_features(folded, words)) == \
+            models.intent.known(local_mod.intent_features(text)), text
+        folded, words = local_mod._language_words(text)
+        assert models.language.known_words(words, local_mod._language_word_features,
+                                           local_mod._language_other_features(folded, words)) == \
+            models.language.known(local_mod.language_features(text)), text
