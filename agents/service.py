@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
+from aiohttp import web
 
 from agents.intent import select
 from agents.pipeline import Pipeline
 from agents.summarizer import LocalSummarizer, OpenAISummarizer, Summarizer
 from agents.worker import Worker
+from services import appkeys
 from services.settings import Settings
 
 log = logging.getLogger("parley.agents")
@@ -45,12 +47,8 @@ async def run_workers(settings: Settings, pool: asyncpg.Pool, dsn: str, stop: as
     await asyncio.gather(*(w.run(stop) for w in workers))
 
 
-def background(settings: Settings):  # type: ignore[no-untyped-def]
+def background(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup_ctx for `parley serve`: workers run beside the HTTP server and stop before the pool."""
-    from aiohttp import web
-
-    from services import appkeys
-
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         runtime = app[appkeys.RUNTIME]
         stop = asyncio.Event()
