@@ -26,6 +26,7 @@ test: $(VENV)/.installed redis-server
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check services agents db tests bench
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/ingest.py

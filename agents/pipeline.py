@@ -114,8 +114,8 @@ class Pipeline:
         out = Outcome(task_id, row["tenant_id"], row["conversation_id"], row["user_id"], row["message_id"],
                       row["mask_pii"])
         text = (row["body"] or "").strip()
-        base = {"tenant_id": out.tenant_id, "conversation_id": out.conversation_id, "message_id": out.message_id,
-                "task_id": task_id}
+        base: dict[str, Any] = {"tenant_id": out.tenant_id, "conversation_id": out.conversation_id,
+                                "message_id": out.message_id, "task_id": task_id}
         if row["direction"] != "inbound" or row["message_type"] not in _TEXTUAL or not text:
             out.log.append(Entry(**base, agent="intent", action="classify",
                                  input={"message_type": row["message_type"], "text": text},
