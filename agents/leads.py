@@ -35,9 +35,6 @@ class ActionType(StrEnum):
     REVERT = "revert"
 
 
-TRACKED = ("name", "email", "language", "intent", "tone", "urgency", "confidence_score")
-
-
 @dataclass(frozen=True, slots=True)
 class Enrichment:
     tenant_id: int

@@ -51,6 +51,11 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return conn
 
 
+# Serialization failures, deadlocks, and races that surface as unique violations (two first messages
+# from one new number): running the transaction again resolves them.
+RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError, asyncpg.UniqueViolationError)
+
+
 async def in_transaction(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]],
                          attempts: int = 4) -> T:
     """Run `work` in one transaction; rerun it on serialization failures, deadlocks and races that
@@ -59,7 +64,7 @@ async def in_transaction(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection]
         try:
             async with pool.acquire() as conn, conn.transaction():
                 return await work(conn)
-        except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError, asyncpg.UniqueViolationError):
+        except RETRYABLE:
             if attempt == attempts:
                 raise
             await asyncio.sleep(random.uniform(0, 0.01 * attempt))

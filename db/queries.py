@@ -34,9 +34,6 @@ class Queries:
         except KeyError:
             raise AttributeError(f"no query named {name!r} in {self._path}") from None
 
-    def items(self) -> list[tuple[str, str]]:
-        return list(self._blocks.items())
-
 
 def parse(text: str) -> dict[str, str]:
     blocks: dict[str, str] = {}

@@ -6,12 +6,12 @@ import asyncpg
 
 from db import queries
 from services.channels.base import ChannelKind
+from services.inbound.directory import CATCH_ALL
 from services.settings import Settings
 
 Q = queries.load(__file__, "tenants.sql")
 
 DEFAULT_SLUG = "default"
-CATCH_ALL = "*"
 
 
 async def bootstrap_default(pool: asyncpg.Pool, settings: Settings) -> int:

@@ -54,7 +54,7 @@ async def ingest(pool: asyncpg.Pool, batcher: Batcher, channel: Channel, msg: In
         if known is not None:
             return Stored(known.message_id, known.conversation_id, known.user_id)
     try:
-        return await db_pool.in_transaction(pool, lambda conn: _ingest(conn, channel, msg, max_attempts))
+        return await db_pool.in_transaction(pool, lambda conn: _ingest(conn, channel, msg, match, max_attempts))
     except _Duplicate:
         return Stored(None, None, None)
 
@@ -65,9 +65,8 @@ def _payload(channel: Channel, msg: InboundMessage, keyword: keywords.Keyword | 
 
 
 async def _ingest(conn: asyncpg.Connection, channel: Channel, msg: InboundMessage,
-                  max_attempts: int) -> Stored:
+                  match: keywords.KeywordMatch | None, max_attempts: int) -> Stored:
     user = await _resolve_user(conn, channel.tenant_id, msg)
-    match = keywords.match(msg.body) if msg.message_type in _KEYWORD_TYPES else None
     new_state = _consent_after(match, ConsentState(user["consent_state"]))
     # YES from someone who is not opted out is an ordinary reply, not a keyword.
     keyword = None if match is None or (match.keyword is keywords.Keyword.YES and new_state is None) else (

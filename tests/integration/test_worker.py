@@ -93,23 +93,24 @@ async def test_one_conversation_never_runs_on_two_workers_at_once(client, db):
     for i in range(40):
         await say(client, f"message {i}", i, from_="+14155550101" if i % 2 else "+14155550102")
     runtime = client.app[appkeys.RUNTIME]
-    running: dict[int, int] = {}
     overlaps: list[int] = []
     order: dict[int, list[int]] = {}
     pipeline = service.pipeline(runtime.settings)
 
     async def watched(pool, claim):
-        for t in claim.tasks:
-            running[t.conversation_id] = running.get(t.conversation_id, 0) + 1
-            if running[t.conversation_id] > 1:
-                overlaps.append(t.conversation_id)
-            order.setdefault(t.conversation_id, []).append(t.message_id)
-        await asyncio.sleep(0.01)
-        try:
-            return await pipeline(pool, claim)
-        finally:
+        # Checked in the database as each claimed batch starts: a conversation with two running
+        # tasks would mean two workers on it at once. (A counter in Python would race with the
+        # commit that ends the previous task, which happens before the handler returns.)
+        async with pool.acquire() as conn:
             for t in claim.tasks:
-                running[t.conversation_id] -= 1
+                running = await conn.fetchval(
+                    "SELECT count(*) FROM agent_tasks WHERE conversation_id = $1 AND status = 'running'",
+                    t.conversation_id)
+                if running != 1:
+                    overlaps.append(t.conversation_id)
+                order.setdefault(t.conversation_id, []).append(t.message_id)
+        await asyncio.sleep(0.01)
+        return await pipeline(pool, claim)
 
     stop = asyncio.Event()
     workers = [worker.Worker(runtime.pool, runtime.dsn, watched, worker_id=f"w{i}", concurrency=3, batch_size=4,
