@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from db import queries
+from db import notify, queries
 from services import events
 
 Q = queries.load(__file__, "leads.sql")
@@ -154,6 +154,7 @@ async def set_tag(pool: asyncpg.Pool, lead_id: int, tag: Tag, actor: str, reason
         if tag is Tag.CONVERTED and previous is not Tag.CONVERTED:
             await events.emit(conn, events.Event(lead["tenant_id"], "lead.converted", None, lead["user_id"], None,
                                                  payload))
+    notify.wake(pool, notify.EVENTS)
     return await get(pool, lead_id)
 
 

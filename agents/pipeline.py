@@ -22,7 +22,7 @@ from agents.decision_log import Entry, Status
 from agents.intent import Classification, Classifier, Intent
 from agents.summarizer import Direction, Summarizer, SummaryInput
 from agents.worker import Claim, TaskFailed
-from db import queries
+from db import notify, queries
 from services import events
 from services.inbound import store
 from services.inbound.store import ConsentState
@@ -289,3 +289,5 @@ class Pipeline:
                                       {o.tenant_id: o.mask_pii for o in mine})
             await events.emit_many(conn, evts)
             await claim.complete(conn, [o.task_id for o in mine])
+        if evts:
+            notify.wake(pool, notify.EVENTS)

@@ -21,13 +21,13 @@ from typing import Any
 
 import asyncpg
 
+from db import notify, queries
 from db import pool as db_pool
-from db import queries
 
 Q = queries.load(__file__)
 log = logging.getLogger("parley.agents.worker")
 
-CHANNEL = "parley_agent_tasks"
+CHANNEL = notify.AGENT_TASKS
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +87,7 @@ class Worker:
     def __init__(self, pool: asyncpg.Pool, dsn: str, handler: Handler, *, worker_id: str | None = None,
                  batch_size: int = 64, concurrency: int = 4, lease_s: float = 60.0,
                  poll_interval_s: float = 1.0, backoff: Callable[[int], float] = backoff_s,
-                 coalesce_s: float = 0.005) -> None:
+                 coalesce_s: float = 0.005, pace: Callable[[], Awaitable[None]] | None = None) -> None:
         self.pool = pool
         self.dsn = dsn
         self.handler = handler
@@ -98,6 +98,7 @@ class Worker:
         self.poll_interval_s = poll_interval_s
         self.backoff = backoff
         self.coalesce_s = coalesce_s
+        self.pace = pace  # awaited before each claim: lets a process's more urgent work go first
         self._wake = asyncio.Event()
         # Bumped by every NOTIFY; `_drained_generation` is the newest generation at which a claim
         # started and came back short, i.e. after which the queue was seen empty.
@@ -146,6 +147,8 @@ class Worker:
                 # query from this loop would find nothing either. Wait for news instead.
                 claimed = 0
             else:
+                if self.pace is not None:
+                    await self.pace()
                 generation = self._generation
                 try:
                     claimed = await self.claim_once()
@@ -216,7 +219,10 @@ class Worker:
 async def requeue_dead_letter(pool: asyncpg.Pool, dead_letter_id: int, operator: str) -> int | None:
     """Put a dead-lettered task back in the queue with fresh attempts; returns the task id."""
     async with pool.acquire() as conn, conn.transaction():
-        return await conn.fetchval(Q.requeue_dead_letter, dead_letter_id, operator)
+        task_id: int | None = await conn.fetchval(Q.requeue_dead_letter, dead_letter_id, operator)
+    if task_id is not None:
+        notify.wake(pool, notify.AGENT_TASKS)
+    return task_id
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import redis.asyncio as aioredis
 
-from db import embedded, migrate
+from db import embedded, migrate, notify
 from db import pool as db_pool
 from services import tenants
 from services.settings import Settings
@@ -86,4 +86,5 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         finally:
             if redis_client is not None:
                 await redis_client.aclose()
+            await notify.close(pool)
             await pool.close()

@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     # Inside `parley serve` the agents share the event loop with the webhooks: fewer, smaller batches
     # keep acknowledgements fast; the backlog of a burst is worked off after it.
     serve_worker_concurrency: Annotated[int, Field(ge=1, le=256)] = Field(1, alias="PARLEY_SERVE_WORKER_CONCURRENCY")
+    # How long a batch of those agents waits, at most, while webhooks saturate the process.
+    serve_agent_max_wait_s: Annotated[float, Field(ge=0, le=60)] = Field(2.0, alias="PARLEY_SERVE_AGENT_MAX_WAIT_S")
     task_lease_s: Annotated[float, Field(gt=0)] = Field(60.0, alias="PARLEY_TASK_LEASE_S")
     task_max_attempts: Annotated[int, Field(ge=1, le=50)] = Field(5, alias="PARLEY_TASK_MAX_ATTEMPTS")
     poll_interval_s: Annotated[float, Field(gt=0)] = Field(1.0, alias="PARLEY_POLL_INTERVAL_S")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from db import notify, queries
 from db import pool as db_pool
-from db import queries
 from services.channels.base import InboundMessage
 from services.inbound.directory import Channel
 
@@ -50,6 +50,7 @@ class Batcher:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0  # statements written, for tests and benchmarks
+        self.in_flight = 0  # webhooks waiting on this batcher: how hard ingest is pushing right now
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._write_loop(), name=f"inbound-writer-{i}")
@@ -67,7 +68,16 @@ class Batcher:
         """Commit a known sender's message with others; None when the sender is not known yet."""
         done: asyncio.Future[Known | None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(channel, msg, payload, max_attempts, done))
-        return await done
+        self.in_flight += 1
+        try:
+            return await done
+        finally:
+            self.in_flight -= 1
+
+    def saturated(self) -> bool:
+        """More than four webhooks waiting per writer: the event loop and the database are the
+        bottleneck right now, and work that can wait should."""
+        return self.in_flight > 4 * self._writers
 
     async def _write_loop(self) -> None:
         while True:
@@ -103,6 +113,8 @@ class Batcher:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(Q.insert_inbound_batch, *columns)
         self.batches += 1
+        if any(r["message_id"] is not None for r in rows):
+            notify.wake(self._pool, notify.AGENT_TASKS, notify.EVENTS)
         results: list[Known | None] = [None] * len(batch)
         for r in rows:
             results[r["n"] - 1] = Known(r["user_id"], r["conversation_id"], r["message_id"])

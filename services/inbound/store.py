@@ -8,8 +8,8 @@ from enum import StrEnum
 
 import asyncpg
 
+from db import notify, queries
 from db import pool as db_pool
-from db import queries
 from services import events, keywords, phone
 from services.channels.base import InboundMessage, StatusUpdate
 from services.inbound.batcher import Batcher
@@ -54,9 +54,11 @@ async def ingest(pool: asyncpg.Pool, batcher: Batcher, channel: Channel, msg: In
         if known is not None:
             return Stored(known.message_id, known.conversation_id, known.user_id)
     try:
-        return await db_pool.in_transaction(pool, lambda conn: _ingest(conn, channel, msg, match, max_attempts))
+        stored = await db_pool.in_transaction(pool, lambda conn: _ingest(conn, channel, msg, match, max_attempts))
     except _Duplicate:
         return Stored(None, None, None)
+    notify.wake(pool, notify.AGENT_TASKS, notify.EVENTS)
+    return stored
 
 
 def _payload(channel: Channel, msg: InboundMessage, keyword: keywords.Keyword | None) -> dict[str, object]:
@@ -167,4 +169,7 @@ async def record_status(pool: asyncpg.Pool, tenant_id: int | None, update: Statu
                                              {"error_code": update.error_code} if update.error_code else {}))
         return int(row["id"])
 
-    return await db_pool.in_transaction(pool, work)
+    message_id = await db_pool.in_transaction(pool, work)
+    if message_id is not None:
+        notify.wake(pool, notify.EVENTS)
+    return message_id

@@ -11,7 +11,7 @@ import pytest
 
 import agents
 import services
-from db import migrate, queries
+from db import migrate, notify, queries
 from db import pool as db_pool
 
 
@@ -79,14 +79,44 @@ async def test_deleting_a_tenant_cascades_to_everything_it_owns(client, db):
         assert await db.fetchval(f"SELECT count(*) FROM {table}") == 0, table
 
 
-async def test_event_insert_notifies_listeners(db, database_url):
+async def test_a_stored_message_wakes_listeners_after_its_commit(client, db, database_url):
+    """Agent workers and event listeners hear of a new message, by a NOTIFY sent after the commit."""
+    from tests.integration.test_twilio_webhook import post_twilio
+    from tests.support import sms_pairs
+
     listener = await db_pool.connect(database_url)
     got: asyncio.Queue[str] = asyncio.Queue()
-    await listener.add_listener("parley_events", lambda *args: got.put_nowait(args[3]))
+    for channel in (notify.AGENT_TASKS, notify.EVENTS):
+        await listener.add_listener(channel, lambda *args: got.put_nowait(args[2]))
     try:
-        tenant = await db.fetchval("INSERT INTO tenants (slug, name, help_text) VALUES ('n', 'N', 'h') RETURNING id")
-        await db.execute("INSERT INTO events (tenant_id, type) VALUES ($1, 'test.ping')", tenant)
-        payload = await asyncio.wait_for(got.get(), 5)
-        assert '"type" : "test.ping"' in payload or '"type": "test.ping"' in payload
+        assert (await post_twilio(client, sms_pairs("hi", "SM" + "1" * 32))).status == 200
+        heard = {await asyncio.wait_for(got.get(), 5), await asyncio.wait_for(got.get(), 5)}
+        assert heard == {notify.AGENT_TASKS, notify.EVENTS}
     finally:
         await listener.close()
+
+
+async def test_no_trigger_notifies_inside_a_writing_transaction(db):
+    """A NOTIFY inside a transaction holds a database-wide lock through its commit's WAL flush, which
+    would serialise every inbound commit: wake-ups are sent after commit instead (db/notify.py)."""
+    assert await db.fetchval(
+        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prosrc ILIKE '%notify%'") == 0
+
+
+async def test_notifier_folds_wake_ups_that_arrive_while_one_is_in_flight(db, database_url):
+    pool = await db_pool.create(database_url, 2)
+    listener = await db_pool.connect(database_url)
+    got: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener(notify.EVENTS, lambda *args: got.put_nowait(args[2]))
+    try:
+        n = notify.notifier(pool)
+        for _ in range(50):
+            n.wake(notify.EVENTS)
+        await n.flush()
+        assert 1 <= n.sent <= 2
+        assert await asyncio.wait_for(got.get(), 5) == notify.EVENTS
+    finally:
+        await listener.close()
+        await notify.close(pool)
+        await pool.close()

@@ -388,9 +388,13 @@ async def test_known_senders_concurrent_messages_are_group_committed_each_exactl
         msgs = [twilio.parse_inbound(sms_pairs(f"m{n}", f"SM{100 + n:032x}", from_=senders[n % 5]))
                 for n in range(50)]
         msgs += msgs[:7]  # redeliveries inside the same batch
-        results = await asyncio.gather(*[batcher.submit(channel, m, {}, 5) for m in msgs])
+        waiting = asyncio.gather(*[batcher.submit(channel, m, {}, 5) for m in msgs])
+        await asyncio.sleep(0)  # every submit has queued its message; none is answered yet
+        assert batcher.in_flight == 57 and batcher.saturated()  # what the agents in `serve` give way to
+        results = await waiting
     finally:
         await batcher.stop()
+    assert batcher.in_flight == 0 and not batcher.saturated()
     assert batcher.batches == 1  # everything queued before the writer ran went in one statement
     stored = [r for r in results if r is not None and r.message_id is not None]
     assert len(stored) == 50 and all(r is not None for r in results)
