@@ -414,14 +414,23 @@ def wait_quiet(timeout_s: float, threshold: float = 0.2) -> float:
             log(f"machine busy ({busy:.2f} cores used by other processes): waiting for it to quieten")
 
 
-def postgres_pids(postmaster: int) -> list[int]:
-    pids = [postmaster]
+def process_tree(root: int) -> list[int]:
+    """`root` and every process under it: PostgreSQL's backends, or the webhook processes of
+    `parley serve --processes N`."""
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
-                    pids.append(int(entry.name))
-    return pids
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree
+
+
+def postgres_pids(postmaster: int) -> list[int]:
+    return process_tree(postmaster)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -564,7 +573,8 @@ class Run:
         """Run one load phase against one target, with CPU use per process and (for parley) what
         PostgreSQL did meanwhile."""
         parley = target == "parley"
-        watched = {"server": [self.pids[target]], **({"postgres": postgres_pids(self.postmaster)} if parley else {})}
+        watched = {"server": process_tree(self.pids[target]),
+                   **({"postgres": postgres_pids(self.postmaster)} if parley else {})}
         before = {k: sched_s(v) for k, v in watched.items()}
         gen_before, self_before, machine_before = (
             rusage_s(resource.RUSAGE_CHILDREN),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,15 +33,16 @@ def _fast_event_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _settle_heap() -> None:
+def _settle_heap(agents: bool = True) -> None:
     """Load the classifier's model now rather than on the first message, then move everything alive
     at start-up out of the garbage collector's sight: its full collections would otherwise walk the
     model's tables again and again, stalling webhooks for tens of milliseconds."""
     import gc
 
-    from agents.intent.local import LocalClassifier
+    if agents:
+        from agents.intent.local import LocalClassifier
 
-    LocalClassifier().classify_sync("warm up")
+        LocalClassifier().classify_sync("warm up")
     gc.collect()
     gc.freeze()
 
@@ -59,19 +61,28 @@ def _load() -> settings_mod.Settings:
 def serve(args: argparse.Namespace) -> None:
     from aiohttp import web
 
+    from services import processes
     from services import web as web_mod
 
     s = _load()
-    app = web_mod.create_app(s, background=web_mod.default_background(s))
+    if args.processes is not None:
+        s = s.model_copy(update={"processes": args.processes})
+    sock = processes.inherited_socket()  # set when this is a helper of `--processes N`
+    background = web_mod.default_background(s)
+    if sock is None:
+        sock = processes.listening_socket(args.host, args.port)
+        if s.processes > 1:
+            background += (processes.supervise(s.processes - 1, sock),)
+    app = web_mod.create_app(s, background=background)
 
     async def announce(_: web.Application) -> None:
-        _settle_heap()
+        _settle_heap(agents=s.workers > 0)
         logging.getLogger("parley").info("serving", extra={"url": f"http://{args.host}:{args.port}",
-                                                            "embedded_database": s.database_url is None})
+                                                            "embedded_database": s.database_url is None,
+                                                            "pid": os.getpid()})
 
     app.on_startup.append(announce)
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None,
-                shutdown_timeout=30)
+    web.run_app(app, sock=sock, access_log=None, print=None, shutdown_timeout=30)
 
 
 def migrate(args: argparse.Namespace) -> None:
@@ -139,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p_serve = sub.add_parser("serve", help="webhooks, operator API, agents and orchestrator in one process")
     p_serve.add_argument("--host", default="127.0.0.1")
     p_serve.add_argument("--port", type=int, default=8080)
+    p_serve.add_argument("--processes", type=int, default=None,
+                         help="webhook processes on the one port (PARLEY_PROCESSES, default 1)")
     p_serve.set_defaults(func=serve)
     p_migrate = sub.add_parser("migrate", help="apply database migrations and exit")
     p_migrate.set_defaults(func=migrate)

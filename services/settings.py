@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", alias="PARLEY_LOG_LEVEL", pattern=r"^(?i)(DEBUG|INFO|WARNING|ERROR)$")
     max_body_bytes: Annotated[int, Field(gt=0)] = Field(1024 * 1024, alias="PARLEY_MAX_BODY_BYTES")
     db_pool_size: Annotated[int, Field(ge=2, le=200)] = Field(10, alias="PARLEY_DB_POOL_SIZE")
+    # Webhook processes of `parley serve` on its one port; the first also runs the agents.
+    processes: Annotated[int, Field(ge=1, le=64)] = Field(1, alias="PARLEY_PROCESSES")
     workers: Annotated[int, Field(ge=0, le=64)] = Field(1, alias="PARLEY_WORKERS")
     worker_concurrency: Annotated[int, Field(ge=1, le=256)] = Field(8, alias="PARLEY_WORKER_CONCURRENCY")
     # Inside `parley serve` the agents share the event loop with the webhooks: fewer, smaller batches

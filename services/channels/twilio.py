@@ -226,10 +226,21 @@ def parse_status(form: FormData) -> base.StatusUpdate | None:
     )
 
 
-def _multidict(form: FormData) -> multidict.MultiDict[str]:
-    """Every received (name, value) pair, in order, repeats kept; PayloadError if one is not text."""
+class Fields(multidict.MultiDict[str]):
+    """A form already checked by `fields()`: every name and value is text."""
+
+
+def fields(form: FormData) -> Fields:
+    """Every received (name, value) pair, in order, repeats kept; PayloadError if one is not text.
+    The webhook checks the form once and hands the result to both the signature check and the parser."""
+    return _multidict(form)
+
+
+def _multidict(form: FormData) -> Fields:
+    if isinstance(form, Fields):
+        return form
     pairs: Iterable[Any] = form.items() if isinstance(form, Mapping) else form
-    fields: multidict.MultiDict[str] = multidict.MultiDict()
+    fields = Fields()
     for pair in pairs:
         try:
             name, value = pair

@@ -75,9 +75,9 @@ class Batcher:
             self.in_flight -= 1
 
     def saturated(self) -> bool:
-        """More than four webhooks waiting per writer: the event loop and the database are the
-        bottleneck right now, and work that can wait should."""
-        return self.in_flight > 4 * self._writers
+        """More webhooks waiting than there are writers: acknowledgements are queueing behind the
+        event loop or the database right now, and work that can wait should."""
+        return self.in_flight > self._writers
 
     async def _write_loop(self) -> None:
         while True:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Any
 
 from aiohttp import web
-from multidict import MultiDict, MultiDictProxy
 
 from services import appkeys
 from services.channels import twilio, whatsapp_cloud
@@ -24,7 +22,7 @@ from services.inbound.public_url import external_url
 log = logging.getLogger("parley.inbound")
 
 FORM = "application/x-www-form-urlencoded"
-_EMPTY_FORM: MultiDictProxy[Any] = MultiDictProxy(MultiDict())
+_EMPTY_FORM = twilio.Fields()
 
 
 def routes() -> list[web.RouteDef]:
@@ -40,16 +38,18 @@ def _bad_request(exc: PayloadError) -> web.Response:
     return json_error(400, f"malformed payload: {exc.field} {exc.problem}", exc.field)
 
 
-async def _twilio_form(request: web.Request) -> tuple[MultiDictProxy[Any], web.Response | None]:
+async def _twilio_form(request: web.Request) -> tuple[twilio.Fields, web.Response | None]:
     """The form, once its signature is proven; otherwise the refusal to send."""
     if request.content_type != FORM:
         # Checked before reading: Twilio always posts a form, and request.post() would read other
         # content types as an empty form.
         return _EMPTY_FORM, json_error(400, f"Content-Type must be {FORM}", "Content-Type")
     try:
-        form = await request.post()
+        form = twilio.fields(await request.post())
     except (UnicodeDecodeError, ValueError):
         return _EMPTY_FORM, json_error(400, "body is not a valid urlencoded form", "body")
+    except PayloadError as exc:
+        return _EMPTY_FORM, _bad_request(exc)
     signature = request.headers.get(twilio.SIGNATURE_HEADER)
     url = external_url(request, request.app[appkeys.RUNTIME].settings)
     account_sid = form.get("AccountSid")
@@ -60,7 +60,7 @@ async def _twilio_form(request: web.Request) -> tuple[MultiDictProxy[Any], web.R
     return form, None
 
 
-def _text(form: MultiDictProxy[Any], name: str) -> str | None:
+def _text(form: twilio.Fields, name: str) -> str | None:
     value = form.get(name)
     return value if isinstance(value, str) else None
 

@@ -61,11 +61,14 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
 
 
 @contextlib.contextmanager
-def _serving(env: dict[str, str], port: int, logs: list[str]) -> Iterator[str]:
+def _serving(env: dict[str, str], port: int, logs: list[str], *args: str,
+             procs: list[subprocess.Popen[str]] | None = None) -> Iterator[str]:
     """`parley serve` as a user runs it, until SIGTERM; its output is appended to `logs`."""
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(port), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if procs is not None:
+        procs.append(proc)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -140,3 +143,82 @@ def test_classify_reads_lines_on_stdin_and_writes_json_lines(tmp_path):
     assert out[2]["language"] == "es" and out[3]["implementation"] == "rules"
     assert all(set(o) >= {"text", "intent", "confidence", "language", "implementation"} for o in out)
     assert all(0 <= o["confidence"] <= 1 for o in out)
+
+
+def _helpers(parent: int) -> list[int]:
+    """The webhook processes `parley serve --processes N` started (its children running parley)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == parent and b"services.cli" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+def _wait_for_helpers(parent: int, count: int, not_: set[int] = frozenset()) -> list[int]:  # type: ignore[assignment]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pids = [p for p in _helpers(parent) if p not in not_]
+        if len(pids) == count:
+            return pids
+        time.sleep(0.1)
+    pytest.fail(f"expected {count} webhook helper processes, found {_helpers(parent)}")
+
+
+def _post_sms(base: str, text: str, sid: str) -> int:
+    body, headers = support.twilio_request(support.sms_pairs(text, sid), url=base + "/webhooks/twilio")
+    req = urllib.request.Request(base + "/webhooks/twilio", data=body, headers=headers, method="POST")
+    with urllib.request.urlopen(req, timeout=20) as resp:
+        return int(resp.status)
+
+
+def test_serve_with_processes_shares_its_port_with_helpers_and_restarts_one_that_dies(tmp_path):
+    port = _free_port()
+    env = _env(tmp_path, TWILIO_ACCOUNT_SID=support.ACCOUNT_SID, TWILIO_AUTH_TOKEN=support.AUTH_TOKEN,
+               PARLEY_API_KEY=support.API_KEY, PUBLIC_BASE_URL=f"http://127.0.0.1:{port}")
+    auth = {"Authorization": f"Bearer {support.API_KEY}"}
+    logs: list[str] = []
+    procs: list[subprocess.Popen[str]] = []
+    with _serving(env, port, logs, "--processes", "2", procs=procs) as base:
+        parent = procs[0].pid
+        [helper] = _wait_for_helpers(parent, 1)
+        # With the first process frozen, only the helper can answer: it serves the same port and
+        # commits to the same (embedded) database.
+        os.kill(parent, signal.SIGSTOP)
+        try:
+            assert _post_sms(base, "to the helper", "SM" + "a" * 32) == 200
+        finally:
+            os.kill(parent, signal.SIGCONT)
+        os.kill(helper, signal.SIGKILL)
+        [replacement] = _wait_for_helpers(parent, 1, not_={helper})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the replacement is up once it answers /readyz frozen-parent
+            os.kill(parent, signal.SIGSTOP)
+            try:
+                status = _get(base + "/readyz")[0]
+            except OSError:
+                status = 0
+            finally:
+                os.kill(parent, signal.SIGCONT)
+            if status == 200:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the replacement helper never served")
+        os.kill(parent, signal.SIGSTOP)
+        try:
+            assert _post_sms(base, "to the replacement", "SM" + "b" * 32) == 200
+        finally:
+            os.kill(parent, signal.SIGCONT)
+        status, data = _get(base + "/api/conversations?phone=%2B14155550101", auth)
+        [conv] = json.loads(data)["items"]
+        status, data = _get(base + f"/api/conversations/{conv['id']}/messages", auth)
+        assert {m["body"] for m in json.loads(data)["items"]} == {"to the helper", "to the replacement"}
+    # SIGTERM to the first process stops its helpers too (and it exits 0: checked by _serving).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{replacement}").exists():
+        time.sleep(0.1)
+    assert not Path(f"/proc/{replacement}").exists() or b"Z" in Path(f"/proc/{replacement}/stat").read_bytes()[:64]
+    assert "webhook process exited; starting another" in "".join(logs)

@@ -56,8 +56,8 @@ async def test_a_worker_paces_itself_before_every_claim():
     assert calls == ["pace", "claim"] * 3
 
 
-@pytest.mark.parametrize("in_flight, saturated", [(0, False), (16, False), (17, True)])
-def test_batcher_is_saturated_when_more_than_four_webhooks_wait_per_writer(in_flight, saturated):
+@pytest.mark.parametrize("in_flight, saturated", [(0, False), (4, False), (5, True)])
+def test_batcher_is_saturated_when_more_webhooks_wait_than_it_has_writers(in_flight, saturated):
     from services.inbound.batcher import Batcher
 
     b = Batcher(pool=None, writers=4)  # type: ignore[arg-type]
