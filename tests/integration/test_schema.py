@@ -120,3 +120,21 @@ async def test_notifier_folds_wake_ups_that_arrive_while_one_is_in_flight(db, da
         await listener.close()
         await notify.close(pool)
         await pool.close()
+
+
+async def test_no_index_on_conversations_covers_what_every_inbound_message_updates(db):
+    """Each inbound message updates its conversation's last_message_at, last_inbound_at and status. An
+    index on any of them would turn every such update into a new entry in every index of the table
+    (no heap-only tuple), a cost paid on the hottest write path."""
+    indexed = await db.fetch(
+        "SELECT i.indexrelid::regclass::text AS index, a.attname FROM pg_index i "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) "
+        "WHERE i.indrelid = 'conversations'::regclass")
+    predicates = await db.fetch(
+        "SELECT pg_get_expr(indpred, indrelid) AS pred FROM pg_index "
+        "WHERE indrelid = 'conversations'::regclass AND indpred IS NOT NULL")
+    updated = {"last_message_at", "last_inbound_at", "status"}
+    assert not [(r["index"], r["attname"]) for r in indexed if r["attname"] in updated]
+    assert not [p["pred"] for p in predicates if any(col in p["pred"] for col in updated)]
+    assert "fillfactor=80" in (await db.fetchval(
+        "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = 'conversations'::regclass") or "")
