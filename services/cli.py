@@ -73,6 +73,8 @@ def serve(args: argparse.Namespace) -> None:
         sock = processes.listening_socket(args.host, args.port)
         if s.processes > 1:
             background += (processes.supervise(s.processes - 1, sock),)
+    else:
+        background += (processes.orphan_watch(),)
     app = web_mod.create_app(s, background=background)
 
     async def announce(_: web.Application) -> None:

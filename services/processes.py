@@ -25,6 +25,7 @@ from services import appkeys
 log = logging.getLogger("parley.processes")
 
 FD_ENV = "PARLEY_LISTEN_FD"  # set in a helper: the inherited listening socket
+PARENT_ENV = "PARLEY_SUPERVISOR_PID"  # set in a helper: the first process, which it must not outlive
 RESTART_DELAY_S = 1.0
 
 
@@ -66,7 +67,7 @@ class Helpers:
         self._tasks = [asyncio.create_task(self._keep(i), name=f"helper-{i}") for i in range(self.count)]
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        env = {**os.environ, FD_ENV: str(self.sock.fileno()), "DATABASE_URL": self.dsn,
+        env = {**os.environ, FD_ENV: str(self.sock.fileno()), PARENT_ENV: str(os.getpid()), "DATABASE_URL": self.dsn,
                "PARLEY_PROCESSES": "1", "PARLEY_WORKERS": "0"}  # helpers serve webhooks only
         self.started += 1
         return await asyncio.create_subprocess_exec(*self.command(), env=env, pass_fds=(self.sock.fileno(),))
@@ -100,6 +101,30 @@ class Helpers:
 
 
 HELPERS = web.AppKey("helpers", Helpers)
+
+
+def orphan_watch(check_s: float = 0.5) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup_ctx for a helper: shut down gracefully when the first process is gone (killed with
+    SIGKILL, say). An orphan would hold the port, so the restarted service could not bind it, and
+    with the embedded database it would answer every webhook with an error."""
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        # From the environment, not getppid() now: the first process may already be gone by the time
+        # this helper has started up.
+        parent = int(os.environ.get(PARENT_ENV) or os.getppid())
+
+        async def watch() -> None:
+            while os.getppid() == parent:  # noqa: ASYNC110 - no event tells us our parent died
+                await asyncio.sleep(check_s)
+            log.error("the first parley process is gone; this webhook process stops", extra={"parent": parent})
+            os.kill(os.getpid(), signal.SIGTERM)  # run_app's graceful shutdown: in-flight webhooks finish
+
+        task = asyncio.create_task(watch(), name="orphan-watch")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
 
 
 def supervise(count: int, sock: socket.socket) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -222,3 +222,33 @@ def test_serve_with_processes_shares_its_port_with_helpers_and_restarts_one_that
         time.sleep(0.1)
     assert not Path(f"/proc/{replacement}").exists() or b"Z" in Path(f"/proc/{replacement}/stat").read_bytes()[:64]
     assert "webhook process exited; starting another" in "".join(logs)
+
+
+def test_a_helper_whose_first_process_is_killed_stops_and_frees_the_port(tmp_path):
+    port = _free_port()
+    env = _env(tmp_path, TWILIO_ACCOUNT_SID=support.ACCOUNT_SID, TWILIO_AUTH_TOKEN=support.AUTH_TOKEN,
+               PARLEY_API_KEY=support.API_KEY, PUBLIC_BASE_URL=f"http://127.0.0.1:{port}", PARLEY_WORKERS="0")
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(port), "--processes", "2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # Killed right after the helper is spawned, before it has even started up: the race to lose.
+        [helper] = _wait_for_helpers(proc.pid, 1)
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and Path(f"/proc/{helper}").exists():
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(helper, os.WNOHANG)
+            time.sleep(0.1)
+        assert not Path(f"/proc/{helper}").exists(), "the orphaned helper kept running"
+        # Nothing holds the port any more: a new `parley serve` could bind it.
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        # The embedded server outlived its SIGKILLed owner: stop it (SIGINT: PostgreSQL's fast shutdown).
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            postmaster = int((tmp_path / "home" / "pg" / "postmaster.pid").read_text().split()[0])
+            os.kill(postmaster, signal.SIGINT)
