@@ -64,8 +64,6 @@ class IngestFirst:
         self.waited_s += loop.time() - started
 
 
-AGENT_GATE = web.AppKey("agent_gate", IngestFirst)
-
 
 async def run_workers(settings: Settings, pool: asyncpg.Pool, dsn: str, stop: asyncio.Event, *,
                       concurrency: int | None = None, batch_size: int = 64,
@@ -84,7 +82,6 @@ def background(settings: Settings) -> Callable[[web.Application], AsyncIterator[
         stop = asyncio.Event()
         # Small batches: a batch's classification runs between webhook callbacks on this event loop.
         gate = IngestFirst(app[appkeys.BATCHER].saturated, settings.serve_agent_max_wait_s)
-        app[AGENT_GATE] = gate
         task = asyncio.create_task(
             run_workers(settings, runtime.pool, runtime.dsn, stop,
                         concurrency=settings.serve_worker_concurrency, batch_size=16, pace=gate),

@@ -52,14 +52,11 @@ def inherited_socket() -> socket.socket | None:
 class Helpers:
     """The N-1 helper processes of `parley serve --processes N`."""
 
-    def __init__(self, count: int, sock: socket.socket, dsn: str,
-                 command: Callable[[], list[str]] | None = None) -> None:
+    def __init__(self, count: int, sock: socket.socket, dsn: str) -> None:
         self.count = count
         self.sock = sock
         self.dsn = dsn
-        self.command = command or (lambda: [sys.executable, "-m", "services.cli", "serve"])
         self.procs: list[asyncio.subprocess.Process | None] = [None] * count
-        self.started = 0  # processes started, restarts included (for tests)
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -69,8 +66,8 @@ class Helpers:
     async def _spawn(self) -> asyncio.subprocess.Process:
         env = {**os.environ, FD_ENV: str(self.sock.fileno()), PARENT_ENV: str(os.getpid()), "DATABASE_URL": self.dsn,
                "PARLEY_PROCESSES": "1", "PARLEY_WORKERS": "0"}  # helpers serve webhooks only
-        self.started += 1
-        return await asyncio.create_subprocess_exec(*self.command(), env=env, pass_fds=(self.sock.fileno(),))
+        return await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", "serve", env=env,
+                                                    pass_fds=(self.sock.fileno(),))
 
     async def _keep(self, i: int) -> None:
         while not self._stopping:
@@ -98,9 +95,6 @@ class Helpers:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-HELPERS = web.AppKey("helpers", Helpers)
 
 
 def orphan_watch(check_s: float = 0.5) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -131,7 +125,6 @@ def supervise(count: int, sock: socket.socket) -> Callable[[web.Application], As
     """A cleanup_ctx for the first process: helpers start once the database is up, stop before it."""
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         helpers = Helpers(count, sock, app[appkeys.RUNTIME].dsn)
-        app[HELPERS] = helpers
         await helpers.start()
         try:
             yield
