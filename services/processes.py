@@ -37,7 +37,6 @@ def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(address)
     sock.listen(backlog)
-    sock.set_inheritable(True)
     return sock
 
 
