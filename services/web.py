@@ -31,7 +31,7 @@ def create_app(settings: Settings, *, background: tuple[BackgroundFactory, ...] 
         async with runtime_mod.open_runtime(settings) as runtime:
             app[appkeys.RUNTIME] = runtime
             app[appkeys.DIRECTORY] = Directory(runtime.pool)
-            batcher = Batcher(runtime.pool, writers=max(1, settings.db_pool_size // 2))
+            batcher = Batcher(runtime.pool, writers=min(settings.ingest_writers, settings.db_pool_size - 1))
             app[appkeys.BATCHER] = batcher
             batcher.start()
             try:

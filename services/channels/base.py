@@ -66,6 +66,23 @@ class PayloadError(ValueError):
         self.problem = problem
 
 
+NUL = "\x00"
+
+
+def without_nul(value: Any) -> Any:
+    """`value` with every NUL character (in strings, keys and nested values) replaced by U+FFFD.
+
+    PostgreSQL's text and jsonb cannot hold NUL, and a signed message carrying one (a GSM "@" gone
+    wrong, say) is still a message we acknowledge and keep: one character is marked, nothing is lost."""
+    if isinstance(value, str):
+        return value.replace(NUL, "\ufffd")
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Media:
     content_type: str | None = None

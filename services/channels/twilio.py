@@ -143,7 +143,7 @@ def parse_inbound(form: FormData) -> base.InboundMessage:
     "location", "interactive", "button", "context" (the message replied to), "referral" (the ad a
     Click-to-WhatsApp conversation started from), "forwarded" and "frequently_forwarded".
     """
-    fields = _multidict(form)
+    fields = _multidict(form).by_name()
 
     message_id = _sid(fields, "MessageSid", "SmsSid")
     account_sid = _sid(fields, "AccountSid")
@@ -165,7 +165,9 @@ def parse_inbound(form: FormData) -> base.InboundMessage:
     })
     if "message_id" in context:
         details["context"] = context
-    referral = _without_none({key: _one(fields, name) for name, key in _REFERRAL_FIELDS.items()})
+    # Most messages come from no ad: test for the fields before reading each one.
+    referral = _without_none({key: _one(fields, name) for name, key in _REFERRAL_FIELDS.items()}) if any(
+        name in fields for name in _REFERRAL_FIELDS) else None
     if referral:
         details["referral"] = referral
     for name, key in (("Forwarded", "forwarded"), ("FrequentlyForwarded", "frequently_forwarded")):
@@ -209,7 +211,7 @@ def parse_status(form: FormData) -> base.StatusUpdate | None:
     Twilio does not retry. `recipient` is To and `channel_address` is From, as E.164, or None when
     absent or not a phone number (an alphanumeric sender ID, say).
     """
-    fields = _multidict(form)
+    fields = _multidict(form).by_name()
     message_id = _sid(fields, "MessageSid", "SmsSid")
     status = STATUS_MAP.get(_required(fields, "MessageStatus", "SmsStatus").lower())
     if status is None:
@@ -226,8 +228,24 @@ def parse_status(form: FormData) -> base.StatusUpdate | None:
     )
 
 
+_Values: TypeAlias = Mapping[str, list[str]]
+"""A form by field name: every value received for that name, in order."""
+
+
 class Fields(multidict.MultiDict[str]):
     """A form already checked by `fields()`: every name and value is text."""
+
+    _by_name: dict[str, list[str]] | None = None
+
+    def by_name(self) -> dict[str, list[str]]:
+        """The form as {name: [values]}: the parsers look up some thirty names, and a dict lookup is
+        a fraction of the multidict's getall(). Built once, when the form is checked."""
+        if self._by_name is None:
+            by_name: dict[str, list[str]] = {}
+            for name, value in self.items():
+                _index(by_name, name, value)
+            self._by_name = by_name
+        return self._by_name
 
 
 def fields(form: FormData) -> Fields:
@@ -241,6 +259,7 @@ def _multidict(form: FormData) -> Fields:
         return form
     pairs: Iterable[Any] = form.items() if isinstance(form, Mapping) else form
     fields = Fields()
+    by_name: dict[str, list[str]] = {}
     for pair in pairs:
         try:
             name, value = pair
@@ -252,30 +271,38 @@ def _multidict(form: FormData) -> Fields:
             # A multipart upload (aiohttp FileField) or bytes: Twilio only ever posts url-encoded text.
             raise base.PayloadError(name, "must be text")
         fields.add(name, value)
+        _index(by_name, name, value)
+    fields._by_name = by_name
     return fields
 
 
-def _raw(fields: multidict.MultiDict[str]) -> dict[str, Any]:
+def _index(by_name: dict[str, list[str]], name: str, value: str) -> None:
+    # The multidict keeps what was signed; the parsers read storable text (see base.without_nul).
+    if base.NUL in name or base.NUL in value:
+        name, value = base.without_nul(name), base.without_nul(value)
+    if name in by_name:
+        by_name[name].append(value)
+    else:
+        by_name[name] = [value]
+
+
+def _raw(fields: _Values) -> dict[str, Any]:
     """Every field as received: a repeated name keeps all its values as a list."""
-    raw: dict[str, Any] = {}
-    for name in dict.fromkeys(fields.keys()):
-        values = fields.getall(name)
-        raw[name] = values[0] if len(values) == 1 else list(values)
-    return raw
+    return {name: values[0] if len(values) == 1 else list(values) for name, values in fields.items()}
 
 
-def _one(fields: multidict.MultiDict[str], name: str) -> str | None:
+def _one(fields: _Values, name: str) -> str | None:
     """The field's value, None when absent or empty. A name repeated with different values is refused."""
-    values = fields.getall(name, [])
+    values = fields.get(name)
     if not values:
         return None
-    if len(set(values)) > 1:
+    if len(values) > 1 and len(set(values)) > 1:
         # Both values are signed, so this is no forgery; but which one we act on would be a guess.
         raise base.PayloadError(name, "is repeated with different values")
     return values[0] or None
 
 
-def _required(fields: multidict.MultiDict[str], name: str, *fallbacks: str) -> str:
+def _required(fields: _Values, name: str, *fallbacks: str) -> str:
     for candidate in (name, *fallbacks):
         value = _one(fields, candidate)
         if value is not None:
@@ -283,18 +310,18 @@ def _required(fields: multidict.MultiDict[str], name: str, *fallbacks: str) -> s
     raise base.PayloadError(name, "is required")
 
 
-def _sid(fields: multidict.MultiDict[str], name: str, *fallbacks: str) -> str:
+def _sid(fields: _Values, name: str, *fallbacks: str) -> str:
     value = _required(fields, name, *fallbacks)
     if not _SID.fullmatch(value):
         raise base.PayloadError(name, "is not a Twilio SID")
     return value
 
 
-def _optional_sid(fields: multidict.MultiDict[str], name: str) -> str | None:
+def _optional_sid(fields: _Values, name: str) -> str | None:
     return _sid(fields, name) if _one(fields, name) is not None else None
 
 
-def _address(fields: multidict.MultiDict[str], name: str) -> tuple[str, bool]:
+def _address(fields: _Values, name: str) -> tuple[str, bool]:
     """(E.164 number, whether it came as "whatsapp:+...") for From or To."""
     value = _required(fields, name)
     prefix, colon, _ = value.partition(":")
@@ -308,25 +335,29 @@ def _address(fields: multidict.MultiDict[str], name: str) -> tuple[str, bool]:
     return e164, whatsapp
 
 
-def _optional_e164(fields: multidict.MultiDict[str], name: str) -> str | None:
+def _optional_e164(fields: _Values, name: str) -> str | None:
     value = _one(fields, name)
     return phone.to_e164(value) if value else None
 
 
-def _count(fields: multidict.MultiDict[str], name: str) -> int | None:
+_MAX_COUNT: Final = 2**31 - 1  # the database's integer
+
+
+def _count(fields: _Values, name: str) -> int | None:
     value = _one(fields, name)
     if value is None:
         return None
     # int() alone would also take " 3", "+3", "1_0" and non-ASCII digits.
     if not (value.isascii() and value.isdigit()):
         raise base.PayloadError(name, "must be a non-negative integer")
-    try:
-        return int(value)
-    except ValueError:  # more digits than int() converts (about 4300)
-        raise base.PayloadError(name, "must be a non-negative integer") from None
+    digits = value.lstrip("0") or "0"
+    # Length first: int() refuses more than about 4300 digits.
+    if len(digits) > 10 or int(digits) > _MAX_COUNT:
+        raise base.PayloadError(name, f"must be at most {_MAX_COUNT}")
+    return int(digits)
 
 
-def _media(fields: multidict.MultiDict[str]) -> tuple[base.Media, ...]:
+def _media(fields: _Values) -> tuple[base.Media, ...]:
     count = _count(fields, "NumMedia") or 0
     media: list[base.Media] = []
     # Stops at the first missing URL, so a huge NumMedia costs one iteration, not a billion.
@@ -338,7 +369,7 @@ def _media(fields: multidict.MultiDict[str]) -> tuple[base.Media, ...]:
     return tuple(media)
 
 
-def _structured_type(fields: multidict.MultiDict[str], details: dict[str, Any]) -> base.MessageType | None:
+def _structured_type(fields: _Values, details: dict[str, Any]) -> base.MessageType | None:
     """LOCATION, INTERACTIVE or BUTTON when the form carries their fields (recorded in `details`)."""
     latitude = _coordinate(fields, "Latitude", 90.0, requires="Longitude")
     longitude = _coordinate(fields, "Longitude", 180.0, requires="Latitude")
@@ -364,7 +395,7 @@ def _structured_type(fields: multidict.MultiDict[str], details: dict[str, Any]) 
     return None
 
 
-def _coordinate(fields: multidict.MultiDict[str], name: str, limit: float, *, requires: str) -> float | None:
+def _coordinate(fields: _Values, name: str, limit: float, *, requires: str) -> float | None:
     value = _one(fields, name)
     if value is None:
         if _one(fields, requires) is not None:

@@ -531,7 +531,8 @@ def _load_json(body: bytes) -> Any:
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except (UnicodeEncodeError, RecursionError):
         raise base.PayloadError("body", "invalid JSON: unpaired UTF-16 surrogate") from None
-    return data
+    # JSON can only carry NUL escaped, so the text tells whether there is one to replace.
+    return base.without_nul(data) if "\\u0000" in text else data
 
 
 def _reject_constant(name: str) -> float:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from db import errors as db_errors
 from db import notify, queries
 from db import pool as db_pool
 from services.channels.base import InboundMessage
@@ -85,19 +86,31 @@ class Batcher:
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                results = await self._write(batch)
-            except Exception as exc:  # noqa: BLE001 - every waiting webhook learns it, none is acknowledged
-                log.exception("inbound batch failed", extra={"messages": len(batch)})
-                for item in batch:
-                    if not item.done.done():
-                        item.done.set_exception(exc)
+                await self._write_batch(batch)
+            finally:
+                for _ in batch:
                     self._queue.task_done()
-                continue
-            for item, result in zip(batch, results, strict=True):
-                if not item.done.done():  # the webhook may have gone (client disconnected)
-                    item.done.set_result(result)
-            for _ in batch:
-                self._queue.task_done()
+
+    async def _write_batch(self, batch: list[_Item]) -> None:
+        try:
+            results = await self._write(batch)
+        except Exception as exc:  # noqa: BLE001 - every waiting webhook learns it, none is acknowledged
+            if len(batch) > 1 and not isinstance(db_errors.translate(exc), db_errors.Unavailable):
+                # One message the database refuses must not fail the webhooks batched with it: write
+                # each on its own, so only that one is refused.
+                log.warning("inbound batch failed; writing its messages one by one",
+                            extra={"messages": len(batch), "error": type(exc).__name__})
+                for item in batch:
+                    await self._write_batch([item])
+                return
+            log.exception("inbound batch failed", extra={"messages": len(batch)})
+            for item in batch:
+                if not item.done.done():
+                    item.done.set_exception(exc)
+            return
+        for item, result in zip(batch, results, strict=True):
+            if not item.done.done():  # the webhook may have gone (client disconnected)
+                item.done.set_result(result)
 
     async def _write(self, batch: list[_Item]) -> list[Known | None]:
         columns: list[list[object]] = [[] for _ in range(19)]

@@ -421,3 +421,45 @@ async def test_new_sender_in_a_batch_takes_the_full_path(client, db):
         support.ACCOUNT_SID)
     assert await batcher.submit(channel, twilio.parse_inbound(sms_pairs("hi", "SM" + "e1" * 16)), {}, 5) is None
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
+
+
+async def test_nul_characters_are_stored_as_replacement_characters(client, db):
+    # PostgreSQL text cannot hold NUL: such a message used to fail its write (and its whole batch).
+    for sid in ("SM" + "f0" * 16, "SM" + "f1" * 16):  # the first creates the user; the second is batched
+        resp = await post_twilio(client, sms_pairs("a\x00b", sid) + [("X\x00Extra", "\x00")])
+        assert resp.status == 200
+    rows = await db.fetch("SELECT body, raw FROM messages ORDER BY id")
+    assert [r["body"] for r in rows] == ["a\ufffdb", "a\ufffdb"]
+    assert all(r["raw"]["Body"] == "a\ufffdb" and r["raw"]["X\ufffdExtra"] == "\ufffd" for r in rows)
+
+
+async def test_count_beyond_the_databases_integer_is_400_naming_it(client, db):
+    resp = await post_twilio(client, sms_pairs("hi", "SM" + "f2" * 16) + [("NumSegments", "99999999999")])
+    assert resp.status == 400
+    assert (await resp.json())["field"] == "NumSegments"
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+
+
+async def test_a_message_the_database_refuses_does_not_fail_the_webhooks_batched_with_it(client, db, caplog):
+    # A stand-in for any row the database refuses (a constraint added later, say).
+    await db.execute("""
+        CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.body = 'poison' THEN RAISE EXCEPTION 'refused'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_poison BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+    """)
+    assert (await post_twilio(client, sms_pairs("hello", "SM" + "f3" * 16))).status == 200  # a known sender
+    bodies = [f"m{n}" for n in range(12)]
+    bodies[5] = "poison"
+    resps = await asyncio.gather(*[post_twilio(client, sms_pairs(b, f"SM{0xf4000 + n:032x}"))
+                                   for n, b in enumerate(bodies)])
+    statuses = [r.status for r in resps]
+    assert statuses[5] == 500 and statuses[:5] + statuses[6:] == [200] * 11
+    stored = {r["body"] for r in await db.fetch("SELECT body FROM messages")}
+    assert stored == {"hello", *bodies} - {"poison"}
+    assert await db.fetchval("SELECT count(*) FROM agent_tasks") == 12
+    # The poison really shared a batch with others, which were then written one by one.
+    [split] = [r for r in caplog.records if r.getMessage().startswith("inbound batch failed; writing")]
+    assert split.messages > 1

@@ -209,3 +209,15 @@ async def test_irrelevant_webhook_is_acknowledged(client, db):
 async def test_body_over_one_mebibyte_is_413(client):
     resp = await post_meta(client, b"{" + b" " * (1024 * 1024) + b"}")
     assert resp.status == 413
+
+
+async def test_nul_characters_are_stored_as_replacement_characters(client, db):
+    payload = support.whatsapp_text("a\x00b", "wamid.NUL1")
+    body = json.dumps(payload).encode()
+    assert b"\\u0000" in body  # JSON can only carry NUL escaped
+    resp = await post_meta(client, body)
+    assert resp.status == 200
+    row = await db.fetchrow("SELECT body, raw FROM messages")
+    assert row["body"] == "a\ufffdb"
+    assert "\x00" not in json.dumps(row["raw"], ensure_ascii=False) and "a\ufffdb" in json.dumps(row["raw"],
+                                                                                                 ensure_ascii=False)

@@ -274,7 +274,34 @@ def test_num_media_larger_than_the_attachments_names_the_missing_url() -> None:
 
 def test_huge_num_media_fails_fast_on_the_first_missing_url() -> None:
     with pytest.raises(base.PayloadError, match="MediaUrl0"):
-        twilio.parse_inbound(_with(_load("inbound_sms_text"), NumMedia="999999999999"))
+        twilio.parse_inbound(_with(_load("inbound_sms_text"), NumMedia="2000000000"))
+
+
+@pytest.mark.parametrize("value", ["2147483648", "999999999999", "9" * 5000])
+@pytest.mark.parametrize("name", ["NumSegments", "NumMedia"])
+def test_count_beyond_the_databases_integer_is_a_400_not_a_failed_write(name: str, value: str) -> None:
+    with pytest.raises(base.PayloadError, match="at most 2147483647") as raised:
+        twilio.parse_inbound(_with(_load("inbound_sms_text"), **{name: value}))
+
+    assert raised.value.field == name
+
+
+def test_count_with_leading_zeros_is_read_as_its_number() -> None:
+    msg = twilio.parse_inbound(_with(_load("inbound_sms_text"), NumSegments="0000000000002147483647"))
+
+    assert msg.segments == 2**31 - 1
+
+
+def test_nul_characters_are_stored_as_replacement_characters_but_signed_as_received() -> None:
+    pairs = [*_load("inbound_sms_text").items()]
+    pairs = [(k, "a\x00b" if k == "Body" else v) for k, v in pairs] + [("Odd\x00Name", "x\x00")]
+    form = twilio.fields(pairs)
+
+    msg = twilio.parse_inbound(form)
+
+    assert msg.body == "a\ufffdb"
+    assert msg.raw["Body"] == "a\ufffdb" and msg.raw["Odd\ufffdName"] == "x\ufffd"
+    assert form.getall("Body") == ["a\x00b"]  # the signature is checked over what Twilio sent
 
 
 @pytest.mark.parametrize("value", ["three", "-3", "3.0"])
