@@ -18,10 +18,9 @@ from __future__ import annotations
 import hmac
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, TypeAlias
 
-import multidict
 from twilio import request_validator
 from twilio.twiml import messaging_response
 
@@ -110,7 +109,7 @@ def verify_signature(auth_token: str, url: str, params: FormData, signature: str
         # An empty token would "verify" anything an attacker signs with the empty key.
         return False
     try:
-        form = _multidict(params)
+        form = _multidict(params).signed
         validator = request_validator.RequestValidator(auth_token)
         # The URL as configured almost always matches: one HMAC. Only a mismatch pays for
         # validate(), which tries the URL with and without its default port.
@@ -232,20 +231,42 @@ _Values: TypeAlias = Mapping[str, list[str]]
 """A form by field name: every value received for that name, in order."""
 
 
-class Fields(multidict.MultiDict[str]):
-    """A form already checked by `fields()`: every name and value is text."""
+class _Signed(dict[str, list[str]]):
+    """{name: [values, as received]}: what Twilio signed. RequestValidator reads a repeated name's
+    values through getall(), as on a MultiDict; a dict lookup is a fraction of the multidict's."""
 
-    _by_name: dict[str, list[str]] | None = None
+    getall = dict.__getitem__
+
+
+class Fields:
+    """A form already checked by `fields()`: every name and value is text, kept twice over only when
+    it has to be: as received (`signed`, for the signature) and as the parsers read it (`by_name`, with
+    NUL characters replaced, see base.without_nul). Without a NUL both are the same dict."""
+
+    __slots__ = ("_by_name", "signed")
+
+    def __init__(self, signed: _Signed | None = None, by_name: dict[str, list[str]] | None = None) -> None:
+        self.signed = _Signed() if signed is None else signed
+        self._by_name = self.signed if by_name is None else by_name
 
     def by_name(self) -> dict[str, list[str]]:
-        """The form as {name: [values]}: the parsers look up some thirty names, and a dict lookup is
-        a fraction of the multidict's getall(). Built once, when the form is checked."""
-        if self._by_name is None:
-            by_name: dict[str, list[str]] = {}
-            for name, value in self.items():
-                _index(by_name, name, value)
-            self._by_name = by_name
+        """The form as {name: [values]}: the parsers look up some thirty names."""
         return self._by_name
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value received for `name`, as received."""
+        values = self.signed.get(name)
+        return values[0] if values else default
+
+    def getall(self, name: str) -> list[str]:
+        """Every value received for `name`, in order; KeyError when there is none."""
+        return self.signed[name]
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        """Every (name, value) pair as received, a repeated name's values together."""
+        return ((name, value) for name, values in self.signed.items() for value in values)
+
+    __iter__ = items  # so a Fields is also FormData: (name, value) pairs
 
 
 def fields(form: FormData) -> Fields:
@@ -257,9 +278,12 @@ def fields(form: FormData) -> Fields:
 def _multidict(form: FormData) -> Fields:
     if isinstance(form, Fields):
         return form
-    pairs: Iterable[Any] = form.items() if isinstance(form, Mapping) else form
-    fields = Fields()
-    by_name: dict[str, list[str]] = {}
+    # A mapping's items (a MultiDict's repeat its names); anything else must be the pairs themselves.
+    # Looked up rather than isinstance(form, Mapping): an ABC check costs more than the rest of a field.
+    items = getattr(form, "items", None)
+    pairs: Iterable[Any] = items() if callable(items) else form
+    signed = _Signed()
+    nul = False
     for pair in pairs:
         try:
             name, value = pair
@@ -270,14 +294,23 @@ def _multidict(form: FormData) -> Fields:
         if not isinstance(value, str):
             # A multipart upload (aiohttp FileField) or bytes: Twilio only ever posts url-encoded text.
             raise base.PayloadError(name, "must be text")
-        fields.add(name, value)
-        _index(by_name, name, value)
-    fields._by_name = by_name
-    return fields
+        if name in signed:
+            signed[name].append(value)
+        else:
+            signed[name] = [value]
+        if not nul and (base.NUL in name or base.NUL in value):
+            nul = True
+    if not nul:
+        return Fields(signed)
+    by_name: dict[str, list[str]] = {}
+    for name, values in signed.items():
+        for value in values:
+            _index(by_name, name, value)
+    return Fields(signed, by_name)
 
 
 def _index(by_name: dict[str, list[str]], name: str, value: str) -> None:
-    # The multidict keeps what was signed; the parsers read storable text (see base.without_nul).
+    # `signed` keeps what was signed; the parsers read storable text (see base.without_nul).
     if base.NUL in name or base.NUL in value:
         name, value = base.without_nul(name), base.without_nul(value)
     if name in by_name:

@@ -3,6 +3,7 @@ transaction, so that a webhook we acknowledge is already durable and a redeliver
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -16,6 +17,7 @@ from services.inbound.batcher import Batcher
 from services.inbound.directory import Channel
 
 Q = queries.load(__file__)
+log = logging.getLogger("parley.inbound")
 
 
 class ConsentState(StrEnum):
@@ -47,17 +49,26 @@ class _Duplicate(Exception):
 
 async def ingest(pool: asyncpg.Pool, batcher: Batcher, channel: Channel, msg: InboundMessage,
                  max_attempts: int) -> Stored:
+    """Commit one inbound message (or find it already stored) and log it."""
     match = keywords.match(msg.body) if msg.message_type in _KEYWORD_TYPES else None
     if match is None and msg.sender.phone:
-        # The common case (a sender we know, no compliance keyword) is group-committed with others.
+        # The common case (a sender we know, no compliance keyword) is group-committed with others;
+        # the batch logs its messages.
         known = await batcher.submit(channel, msg, _payload(channel, msg, None), max_attempts)
         if known is not None:
             return Stored(known.message_id, known.conversation_id, known.user_id)
     try:
         stored = await db_pool.in_transaction(pool, lambda conn: _ingest(conn, channel, msg, match, max_attempts))
     except _Duplicate:
-        return Stored(None, None, None)
-    notify.wake(pool, notify.AGENT_TASKS, notify.EVENTS)
+        stored = Stored(None, None, None)
+    else:
+        notify.wake(pool, notify.AGENT_TASKS, notify.EVENTS)
+    log.info("inbound duplicate" if stored.duplicate else "inbound stored", extra={
+        "tenant_id": channel.tenant_id, "channel_id": channel.id, "provider": msg.provider.value,
+        "provider_message_id": msg.provider_message_id, "message_id": stored.message_id,
+        "conversation_id": stored.conversation_id, "user_id": stored.user_id,
+        "keyword": stored.keyword.value if stored.keyword else None,
+    })
     return stored
 
 

@@ -143,11 +143,4 @@ async def whatsapp_inbound(request: web.Request) -> web.Response:
 
 async def _store(request: web.Request, channel: Channel, msg: InboundMessage) -> None:
     runtime = request.app[appkeys.RUNTIME]
-    stored = await store.ingest(runtime.pool, request.app[appkeys.BATCHER], channel, msg,
-                                runtime.settings.task_max_attempts)
-    log.info("inbound duplicate" if stored.duplicate else "inbound stored", extra={
-        "tenant_id": channel.tenant_id, "channel_id": channel.id, "provider": msg.provider.value,
-        "provider_message_id": msg.provider_message_id, "message_id": stored.message_id,
-        "conversation_id": stored.conversation_id,
-        "keyword": stored.keyword.value if stored.keyword else None,
-    })
+    await store.ingest(runtime.pool, request.app[appkeys.BATCHER], channel, msg, runtime.settings.task_max_attempts)

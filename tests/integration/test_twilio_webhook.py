@@ -463,3 +463,28 @@ async def test_a_message_the_database_refuses_does_not_fail_the_webhooks_batched
     # The poison really shared a batch with others, which were then written one by one.
     [split] = [r for r in caplog.records if r.getMessage().startswith("inbound batch failed; writing")]
     assert split.messages > 1
+
+
+async def test_every_stored_message_is_logged_with_its_ids(client, db, caplog):
+    caplog.set_level("INFO", logger="parley.inbound")
+    assert (await post_twilio(client, sms_pairs("first", "SM" + "f5" * 16))).status == 200  # a new sender
+    sids = [f"SM{0xf6000 + n:032x}" for n in range(8)]
+    resps = await asyncio.gather(*[post_twilio(client, sms_pairs(f"m{n}", sid)) for n, sid in enumerate(sids)])
+    assert [r.status for r in resps] == [200] * 8
+    assert (await post_twilio(client, sms_pairs("m0", sids[0]))).status == 200  # a redelivery
+
+    stored = {r["provider_message_id"]: (r["id"], r["conversation_id"])
+              for r in await db.fetch("SELECT id, conversation_id, provider_message_id FROM messages")}
+    logged: dict[str, tuple[int, int]] = {}
+    duplicates: list[str] = []
+    for record in caplog.records:
+        if record.getMessage() == "inbound stored":
+            # The single-message path logs one message; a group commit logs every message it stored.
+            for m in getattr(record, "messages", None) or [vars(record)]:
+                logged[m["provider_message_id"]] = (m["message_id"], m["conversation_id"])
+        elif record.getMessage() == "inbound duplicate":
+            duplicates += [m["provider_message_id"] for m in getattr(record, "messages", None) or [vars(record)]]
+    assert logged == stored
+    assert duplicates == [sids[0]]
+    # Ids, never the sender's phone number.
+    assert all("+1415555" not in str(vars(r)) for r in caplog.records if r.name == "parley.inbound")

@@ -221,3 +221,24 @@ async def test_nul_characters_are_stored_as_replacement_characters(client, db):
     assert row["body"] == "a\ufffdb"
     assert "\x00" not in json.dumps(row["raw"], ensure_ascii=False) and "a\ufffdb" in json.dumps(row["raw"],
                                                                                                  ensure_ascii=False)
+
+
+async def test_known_senders_message_keeps_its_fields_through_the_group_commit(client, db):
+    # The first message creates the user (single-message path); the second is a known sender's and is
+    # group-committed: both must store the same columns the same way.
+    for wamid, name in (("wamid.G1", "Sheena Nelson"), ("wamid.G2", "Sheena N.")):
+        payload = support.whatsapp_text("Is it in stock?", wamid, name=name)
+        payload["entry"][0]["changes"][0]["value"]["messages"][0]["context"] = {"from": "15550783881",
+                                                                                 "id": "wamid.OUT1"}
+        assert (await post_meta(client, payload)).status == 200
+    rows = await db.fetch("SELECT provider_message_id, provider_sent_at, details, media, raw FROM messages ORDER BY id")
+    assert [r["provider_message_id"] for r in rows] == ["wamid.G1", "wamid.G2"]
+    first, second = rows
+    assert second["provider_sent_at"] == first["provider_sent_at"]
+    assert second["provider_sent_at"].timestamp() == 1749416383
+    assert second["details"] == first["details"] and "wamid.OUT1" in json.dumps(second["details"])
+    assert second["media"] == [] and second["raw"]["message"]["id"] == "wamid.G2"
+    assert await db.fetchval("SELECT profile_name FROM users") == "Sheena N."
+    assert await db.fetchval("SELECT payload FROM events ORDER BY id DESC LIMIT 1") == {
+        "provider": "meta", "channel_id": await db.fetchval("SELECT channel_id FROM conversations"),
+        "type": "text", "keyword": None}
