@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
@@ -124,8 +125,9 @@ class Settings(BaseSettings):
                     raise ValueError(f"{name.upper()} is required when WHATSAPP_PHONE_NUMBER_ID is set")
         return self
 
-    @property
+    @functools.cached_property
     def public_base(self) -> str | None:
+        # Read for every Twilio webhook's signature check; the settings never change once loaded.
         return str(self.public_base_url).rstrip("/") if self.public_base_url else None
 
 

@@ -21,11 +21,11 @@ BackgroundFactory = Callable[[web.Application], AsyncIterator[None]]
 def create_app(settings: Settings, *, background: tuple[BackgroundFactory, ...] = ()) -> web.Application:
     """Build the app; no I/O happens until it starts (every resource opens in a cleanup_ctx)."""
     app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[error_middleware, api.auth_middleware])
+                          middlewares=[error_middleware])
     app[appkeys.SETTINGS] = settings
     app.add_routes(webhooks.routes())
     app.add_routes(api.routes())
-    app.add_routes(agents_api.routes())
+    app.add_subapp("/api", api.create_app(api.api_routes(), agents_api.routes()))
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         async with runtime_mod.open_runtime(settings) as runtime:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import logging
 
+import yarl
 from aiohttp import web
 
 from services import appkeys
@@ -44,10 +45,21 @@ async def _twilio_form(request: web.Request) -> tuple[twilio.Fields, web.Respons
         # Checked before reading: Twilio always posts a form, and request.post() would read other
         # content types as an empty form.
         return _EMPTY_FORM, json_error(400, f"Content-Type must be {FORM}", "Content-Type")
+    # Parsed as request.post() would (the same yarl parser, charset and field limit), straight into the
+    # form we check and parse: post()'s MultiDict would only be copied again.
+    body = await request.read()
+    max_fields = request.client_max_fields
     try:
-        form = twilio.fields(await request.post())
-    except (UnicodeDecodeError, ValueError):
+        pairs = yarl.query_to_pairs(body.rstrip().decode(request.charset or "utf-8"),
+                                    max_fields=max_fields if max_fields > 0 else None)
+    except LookupError:
+        return _EMPTY_FORM, json_error(415, f"unsupported charset {request.charset}", "Content-Type")
+    except ValueError as exc:  # UnicodeDecodeError included
+        if not isinstance(exc, UnicodeDecodeError) and max_fields > 0 and body.count(b"&") >= max_fields:
+            return _EMPTY_FORM, json_error(413, f"more than {max_fields} form fields", "body")
         return _EMPTY_FORM, json_error(400, "body is not a valid urlencoded form", "body")
+    try:
+        form = twilio.fields(pairs)
     except PayloadError as exc:
         return _EMPTY_FORM, _bad_request(exc)
     signature = request.headers.get(twilio.SIGNATURE_HEADER)

@@ -21,12 +21,12 @@ LOG_STATUSES = {"ok", "fallback", "possible_opt_out", "skipped", "error"}
 
 def routes() -> list[web.RouteDef]:
     return [
-        web.get("/api/agent-logs", agent_logs),
-        web.get("/api/leads", list_leads),
-        web.get("/api/leads/{id}", get_lead),
-        web.post("/api/leads/{id}/tag", tag_lead),
-        web.get("/api/dead-letters", dead_letters),
-        web.post("/api/dead-letters/{id}/requeue", requeue),
+        web.get("/agent-logs", agent_logs),
+        web.get("/leads", list_leads),
+        web.get("/leads/{id}", get_lead),
+        web.post("/leads/{id}/tag", tag_lead),
+        web.get("/dead-letters", dead_letters),
+        web.post("/dead-letters/{id}/requeue", requeue),
     ]
 
 
@@ -71,7 +71,7 @@ async def agent_logs(request: web.Request) -> web.Response:
     if status is not None and status not in LOG_STATUSES:
         raise pagination.BadParameter("status", f"must be one of {', '.join(sorted(LOG_STATUSES))}")
     before, size = pagination.decode(request.query.get("cursor")), pagination.limit(request.query)
-    async with request.app[appkeys.RUNTIME].pool.acquire() as conn:
+    async with request.config_dict[appkeys.RUNTIME].pool.acquire() as conn:
         rows = await conn.fetch(Q.agent_logs, before, size + 1, request.query.get("agent"),
                                 _optional_int(request, "conversation_id"), status, _time(request, "since"),
                                 _time(request, "until"), _optional_int(request, "tenant_id"))
@@ -81,12 +81,12 @@ async def agent_logs(request: web.Request) -> web.Response:
 async def list_leads(request: web.Request) -> web.Response:
     phone = phone_param(request)
     after, size = pagination.decode(request.query.get("cursor")), pagination.limit(request.query)
-    rows = await leads.by_phone(request.app[appkeys.RUNTIME].pool, phone, after, size + 1)
+    rows = await leads.by_phone(request.config_dict[appkeys.RUNTIME].pool, phone, after, size + 1)
     return web.json_response(pagination.page(rows, size), dumps=dumps)
 
 
 async def get_lead(request: web.Request) -> web.Response:
-    lead = await leads.get(request.app[appkeys.RUNTIME].pool, int_path(request, "id"))
+    lead = await leads.get(request.config_dict[appkeys.RUNTIME].pool, int_path(request, "id"))
     if lead is None:
         return json_error(404, "no such lead", "id")
     return web.json_response(lead, dumps=dumps)
@@ -101,7 +101,7 @@ async def tag_lead(request: web.Request) -> web.Response:
         field = ".".join(str(p) for p in first["loc"]) or "body"
         return json_error(400, f"{field}: {first['msg']}", field)
     try:
-        lead = await leads.set_tag(request.app[appkeys.RUNTIME].pool, lead_id, body.tag, body.actor, body.reason)
+        lead = await leads.set_tag(request.config_dict[appkeys.RUNTIME].pool, lead_id, body.tag, body.actor, body.reason)
     except leads.TagError as exc:
         return json_error(400, f"{exc.field} {exc.problem}", exc.field)
     if lead is None:
@@ -114,14 +114,14 @@ async def dead_letters(request: web.Request) -> web.Response:
     if status is not None and status not in {"dead", "requeued"}:
         raise pagination.BadParameter("status", "must be dead or requeued")
     after, size = pagination.decode(request.query.get("cursor")), pagination.limit(request.query)
-    async with request.app[appkeys.RUNTIME].pool.acquire() as conn:
+    async with request.config_dict[appkeys.RUNTIME].pool.acquire() as conn:
         rows = await conn.fetch(Q.dead_letters, after, size + 1, status)
     return web.json_response(pagination.page(rows, size), dumps=dumps)
 
 
 async def requeue(request: web.Request) -> web.Response:
     letter_id = int_path(request, "id")
-    task_id = await worker.requeue_dead_letter(request.app[appkeys.RUNTIME].pool, letter_id, "operator")
+    task_id = await worker.requeue_dead_letter(request.config_dict[appkeys.RUNTIME].pool, letter_id, "operator")
     if task_id is None:
         return json_error(404, "no such dead letter, or already requeued", "id")
     return web.json_response({"dead_letter_id": letter_id, "agent_task_id": task_id, "status": "requeued"})

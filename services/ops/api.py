@@ -22,25 +22,38 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def routes() -> list[web.RouteDef]:
+    """Probes, open to the orchestrator that runs us."""
+    return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
+
+
+def api_routes() -> list[web.RouteDef]:
+    """Routes of the operator sub-application, mounted at /api (see `create_app`)."""
     return [
-        web.get("/healthz", healthz),
-        web.get("/readyz", readyz),
-        web.get("/api/users", list_users),
-        web.get("/api/conversations", list_conversations),
-        web.get("/api/conversations/{id}/messages", conversation_messages),
+        web.get("/users", list_users),
+        web.get("/conversations", list_conversations),
+        web.get("/conversations/{id}/messages", conversation_messages),
     ]
+
+
+def create_app(*route_tables: list[web.RouteDef]) -> web.Application:
+    """The operator API, mounted at /api: everything under it, unknown paths included, needs the
+    bearer token. A sub-application of its own, so webhooks never pass through this middleware.
+    Its handlers read shared state through `request.config_dict`, which sees the parent's keys."""
+    app = web.Application(middlewares=[auth_middleware])
+    for routes_ in route_tables:
+        app.add_routes(routes_)
+    return app
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/api/"):
-        expected = request.app[appkeys.RUNTIME].api_key
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
-            response = json_error(401, "missing or invalid bearer token")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="parley"'
-            return response
+    expected = request.config_dict[appkeys.RUNTIME].api_key
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        response = json_error(401, "missing or invalid bearer token")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="parley"'
+        return response
     try:
         return await handler(request)
     except pagination.BadParameter as exc:
@@ -48,7 +61,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _runtime(request: web.Request) -> Runtime:
-    return request.app[appkeys.RUNTIME]
+    return request.config_dict[appkeys.RUNTIME]
 
 
 async def healthz(request: web.Request) -> web.Response:

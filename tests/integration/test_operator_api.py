@@ -50,6 +50,20 @@ async def test_api_without_the_bearer_token_is_401(client, headers):
     assert resp.status == 401
 
 
+@pytest.mark.parametrize("path", ["/api/users", "/api/leads/1", "/api/dead-letters", "/api/no-such-thing", "/api/"])
+async def test_everything_under_api_needs_the_token_even_unknown_paths(client, path):
+    resp = await client.get(path, params={"phone": "+14155550101"})
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="parley"'
+    assert (await client.get(path, params={"phone": "+14155550101"}, headers=AUTH)).status != 401
+
+
+async def test_unknown_api_path_with_the_token_is_a_json_404(client):
+    resp = await client.get("/api/no-such-thing", headers=AUTH)
+    assert resp.status == 404
+    assert "error" in await resp.json()
+
+
 async def test_user_lookup_by_phone_shows_opt_out_and_consent_history(client):
     for i, word in enumerate(["hello", "STOP"]):
         assert (await post_twilio(client, sms_pairs(word, f"SM{i:032x}"))).status == 200

@@ -218,6 +218,30 @@ async def test_json_body_is_400_naming_content_type(client):
     assert (await resp.json())["field"] == "Content-Type"
 
 
+async def test_form_with_more_fields_than_the_limit_is_413_and_nothing_stored(client, db):
+    pairs = sms_pairs("hi", "SM" + "9a" * 16) + [(f"X{n}", "") for n in range(1000)]
+    resp = await post_twilio(client, pairs)
+    assert resp.status == 413
+    assert (await resp.json())["field"] == "body"
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+
+
+async def test_form_in_an_unknown_charset_is_415(client, db):
+    body, headers = twilio_request(sms_pairs("hi", "SM" + "9b" * 16))
+    headers["Content-Type"] = "application/x-www-form-urlencoded; charset=no-such-charset"
+    resp = await client.post("/webhooks/twilio", data=body, headers=headers)
+    assert resp.status == 415
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+
+
+async def test_form_that_is_not_utf8_is_400_naming_the_body(client, db):
+    body, headers = twilio_request(sms_pairs("hi", "SM" + "9c" * 16))
+    resp = await client.post("/webhooks/twilio", data=body + b"&Extra=\xff", headers=headers)
+    assert resp.status == 400
+    assert (await resp.json())["field"] == "body"
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+
+
 async def test_body_over_one_mebibyte_is_413(client, db):
     pairs = sms_pairs("x" * (1024 * 1024 + 10), "SM" + "9" * 32)
     resp = await post_twilio(client, pairs)
