@@ -101,7 +101,8 @@ async def tag_lead(request: web.Request) -> web.Response:
         field = ".".join(str(p) for p in first["loc"]) or "body"
         return json_error(400, f"{field}: {first['msg']}", field)
     try:
-        lead = await leads.set_tag(request.config_dict[appkeys.RUNTIME].pool, lead_id, body.tag, body.actor, body.reason)
+        pool = request.config_dict[appkeys.RUNTIME].pool
+        lead = await leads.set_tag(pool, lead_id, body.tag, body.actor, body.reason)
     except leads.TagError as exc:
         return json_error(400, f"{exc.field} {exc.problem}", exc.field)
     if lead is None:
