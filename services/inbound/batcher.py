@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass
 
 import asyncpg
@@ -43,31 +44,44 @@ class _Item:
 
 
 class Batcher:
-    def __init__(self, pool: asyncpg.Pool, writers: int = 4, max_batch: int = 256) -> None:
+    """Group commit in `writers` lanes, each one writer task with its own queue and connection.
+
+    A sender always goes to the same lane, so its messages are written in arrival order, and
+    concurrent statements never touch the same conversation row: lanes write in parallel instead of
+    waiting on each other's row locks. While one lane's statement is in the database, the others
+    can already send theirs.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, writers: int = 1, max_batch: int = 256) -> None:
         self._pool = pool
-        self._writers = writers
+        self._writers = max(1, writers)
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._lanes: list[deque[_Item]] = [deque() for _ in range(self._writers)]
+        self._wakes = [asyncio.Event() for _ in range(self._writers)]
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0  # statements written, for tests and benchmarks
         self.in_flight = 0  # webhooks waiting on this batcher: how hard ingest is pushing right now
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._write_loop(), name=f"inbound-writer-{i}")
-                       for i in range(self._writers)]
+        self._stopping = False
+        self._tasks = [asyncio.create_task(self._write_loop(lane), name=f"inbound-writer-{lane}")
+                       for lane in range(self._writers)]
 
     async def stop(self) -> None:
         """Write what is queued, then stop the writers."""
-        await self._queue.join()
-        for task in self._tasks:
-            task.cancel()
+        self._stopping = True
+        for wake in self._wakes:
+            wake.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def submit(self, channel: Channel, msg: InboundMessage, payload: dict[str, object],
                      max_attempts: int) -> Known | None:
         """Commit a known sender's message with others; None when the sender is not known yet."""
         done: asyncio.Future[Known | None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(channel, msg, payload, max_attempts, done))
+        lane = hash((channel.tenant_id, msg.sender.phone)) % self._writers if self._writers > 1 else 0
+        self._lanes[lane].append(_Item(channel, msg, payload, max_attempts, done))
+        self._wakes[lane].set()
         self.in_flight += 1
         try:
             return await done
@@ -79,16 +93,17 @@ class Batcher:
         event loop or the database right now, and work that can wait should."""
         return self.in_flight > self._writers
 
-    async def _write_loop(self) -> None:
+    async def _write_loop(self, lane: int) -> None:
+        queue, wake = self._lanes[lane], self._wakes[lane]
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                await self._write_batch(batch)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            if not queue:
+                if self._stopping:
+                    return
+                wake.clear()
+                await wake.wait()
+                continue
+            batch = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
+            await self._write_batch(batch)
 
     async def _write_batch(self, batch: list[_Item]) -> None:
         try:
