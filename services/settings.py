@@ -69,8 +69,9 @@ class Settings(BaseSettings):
     max_body_bytes: Annotated[int, Field(gt=0)] = Field(1024 * 1024, alias="PARLEY_MAX_BODY_BYTES")
     db_pool_size: Annotated[int, Field(ge=2, le=200)] = Field(10, alias="PARLEY_DB_POOL_SIZE")
     # Connections of each webhook process that group-commit inbound messages (taken from the pool).
-    # One writer makes the biggest batches: every statement, commit and WAL flush is shared by all the
-    # messages that arrived while the previous batch was being written (bench/README.md).
+    # Group-commit lanes (services/inbound/batcher.py). One makes the biggest batches: every statement,
+    # commit and WAL flush is shared by all the messages that arrived while the previous batch was
+    # being written; two measured 2-5% slower on 2 cores (README, Performance).
     ingest_writers: Annotated[int, Field(ge=1, le=64)] = Field(1, alias="PARLEY_INGEST_WRITERS")
     # Webhook processes of `parley serve` on its one port; the first also runs the agents.
     processes: Annotated[int, Field(ge=1, le=64)] = Field(1, alias="PARLEY_PROCESSES")
