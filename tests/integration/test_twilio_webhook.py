@@ -419,7 +419,7 @@ async def test_known_senders_concurrent_messages_are_group_committed_each_exactl
         results = await waiting
     finally:
         await batcher.stop()
-    assert batcher.in_flight == 0 and not batcher.saturated()
+    assert batcher.in_flight == 0
     # Everything queued before the writers ran went in one statement per lane; a sender has one lane.
     assert 1 <= batcher.batches <= writers
     stored = [r for r in results if r is not None and r.message_id is not None]

@@ -56,10 +56,38 @@ async def test_a_worker_paces_itself_before_every_claim():
     assert calls == ["pace", "claim"] * 3
 
 
-@pytest.mark.parametrize("in_flight, saturated", [(0, False), (4, False), (5, True)])
-def test_batcher_is_saturated_when_more_webhooks_wait_than_it_has_writers(in_flight, saturated):
+@pytest.mark.parametrize("writers, in_flight, saturated", [(1, 0, False), (1, 8, False), (1, 9, True),
+                                                           (4, 32, False), (4, 33, True)])
+async def test_batcher_is_saturated_when_many_webhooks_wait_per_lane(writers, in_flight, saturated):
     from services.inbound.batcher import Batcher
 
-    b = Batcher(pool=None, writers=4)  # type: ignore[arg-type]
+    b = Batcher(pool=None, writers=writers)  # type: ignore[arg-type]
     b.in_flight = in_flight
     assert b.saturated() is saturated
+
+
+async def test_saturation_holds_through_the_troughs_of_a_burst():
+    from services.inbound import batcher
+
+    b = batcher.Batcher(pool=None, writers=1)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    # A burst: more webhooks wait than the threshold, then a group commit answers them all at once.
+    waiting = [loop.create_task(b.submit(None, _Msg(), {}, 5))  # type: ignore[arg-type]
+               for _ in range(batcher.SATURATED_PER_LANE + 1)]
+    await asyncio.sleep(0)
+    assert b.in_flight > batcher.SATURATED_PER_LANE
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    assert b.in_flight == 0
+    assert b.saturated()  # the trough between commits is not the end of the burst
+    b._saturated_until = loop.time() - 0.001  # the hold has passed
+    assert not b.saturated()
+
+
+class _Sender:
+    phone = "+14155550101"
+
+
+class _Msg:
+    sender = _Sender()
