@@ -294,7 +294,7 @@ def _multidict(form: FormData) -> Fields:
         if not isinstance(value, str):
             # A multipart upload (aiohttp FileField) or bytes: Twilio only ever posts url-encoded text.
             raise base.PayloadError(name, "must be text")
-        if name in signed:
+        if name in signed:  # not setdefault(): that builds a list for every field
             signed[name].append(value)
         else:
             signed[name] = [value]
