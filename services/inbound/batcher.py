@@ -2,9 +2,9 @@
 
 Every acknowledged message must already be committed, and a commit waits for a WAL flush. Instead of
 one statement and one flush per webhook, concurrent webhooks hand their messages to a few writer
-tasks; each writer takes everything waiting (up to `max_batch`), writes it with one statement in one
-transaction, and only then lets each webhook answer. Under load the batches grow on their own; an idle
-server writes batches of one with no added delay.
+tasks; each writer takes what is waiting (up to half of the webhooks in play under load, see
+`batch_size`), writes it with one statement in one transaction, and only then lets each webhook
+answer. Under load the batches grow on their own; an idle server writes batches of one with no delay.
 """
 
 from __future__ import annotations
@@ -28,6 +28,27 @@ log = logging.getLogger("parley.inbound")
 # requests/s about two wait at a time; under a saturating burst, dozens.
 SATURATED_PER_LANE = 8
 SATURATION_HOLD_S = 0.25
+# Up to this many waiting webhooks always go in one statement (see batch_size).
+SPLIT_FLOOR = 8
+
+
+def batch_size(waiting: int, last: int, max_batch: int) -> int:
+    """How many of a lane's `waiting` webhooks its next statement takes, `last` being how many the
+    lane's previous statement just answered.
+
+    A lane has one statement in the database at a time, so it goes fastest when its webhooks move as
+    two equal halves: one half in the database while the event loop answers the other and reads
+    those senders' next requests. Taking everything waiting can lock into alternation instead: a big
+    batch, then a tiny one, during which the loop reads all the big one's follow-ups at once, so the
+    next is big again, and the loop and the database each wait for the other half the time (on the
+    bench: ~4,400 requests/s in that mode, ~7,000 in halves). So a batch takes at most half of the
+    webhooks in play, those waiting plus those just answered, who are about to send again. Up to
+    SPLIT_FLOOR waiting always go together: an unhurried server never holds a webhook back.
+    """
+    take = min(waiting, max_batch)
+    if take <= SPLIT_FLOOR:
+        return take
+    return min(take, max(SPLIT_FLOOR, (waiting + last + 1) // 2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +132,7 @@ class Batcher:
 
     async def _write_loop(self, lane: int) -> None:
         queue, wake = self._lanes[lane], self._wakes[lane]
+        last = 0  # webhooks the previous statement answered
         while True:
             if not queue:
                 if self._stopping:
@@ -118,7 +140,8 @@ class Batcher:
                 wake.clear()
                 await wake.wait()
                 continue
-            batch = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
+            last = batch_size(len(queue), last, self._max_batch)
+            batch = [queue.popleft() for _ in range(last)]
             await self._write_batch(batch)
 
     async def _write_batch(self, batch: list[_Item]) -> None:
