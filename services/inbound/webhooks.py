@@ -9,7 +9,6 @@ from __future__ import annotations
 import hmac
 import logging
 
-import yarl
 from aiohttp import web
 
 from services import appkeys
@@ -52,15 +51,17 @@ async def _twilio_form(request: web.Request) -> tuple[twilio.Fields, web.Respons
     if 0 < max_fields <= body.count(b"&"):  # the test yarl makes, before anything is decoded
         return _EMPTY_FORM, json_error(413, f"more than {max_fields} form fields", "body")
     try:
-        pairs = yarl.query_to_pairs(body.rstrip().decode(request.charset or "utf-8"))
+        text = body.rstrip().decode(request.charset or "utf-8")
     except LookupError:
         return _EMPTY_FORM, json_error(415, f"unsupported charset {request.charset}", "Content-Type")
     except ValueError:  # UnicodeDecodeError
         return _EMPTY_FORM, json_error(400, "body is not a valid urlencoded form", "body")
     try:
-        form = twilio.fields(pairs)
+        form = twilio.form_fields(text)
     except PayloadError as exc:
         return _EMPTY_FORM, _bad_request(exc)
+    except ValueError:
+        return _EMPTY_FORM, json_error(400, "body is not a valid urlencoded form", "body")
     signature = request.headers.get(twilio.SIGNATURE_HEADER)
     url = external_url(request, request.app[appkeys.RUNTIME].settings)
     account_sid = form.get("AccountSid")

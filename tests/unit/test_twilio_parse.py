@@ -304,6 +304,36 @@ def test_nul_characters_are_stored_as_replacement_characters_but_signed_as_recei
     assert form.getall("Body") == ["a\x00b"]  # the signature is checked over what Twilio sent
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in DATA.glob("*.txt")))
+def test_form_fields_reads_every_testdata_body_as_aiohttp_does(name: str) -> None:
+    body = (DATA / f"{name}.txt").read_text(encoding="utf-8").rstrip("\r\n")
+    form = twilio.form_fields(body)
+
+    assert list(form.items()) == list(multidict.MultiDict(yarl.query_to_pairs(body)).items())
+    parse = twilio.parse_status if name.startswith("status_") else twilio.parse_inbound
+    assert parse(form) == parse(_load(name))
+
+
+def test_form_fields_keeps_repeats_and_blanks_and_takes_the_careful_path_for_an_escaped_nul() -> None:
+    form = twilio.form_fields("Body=a%00b&Tag=x&ToCity=&Tag=y+z&Odd%00Name=1")
+
+    assert form.getall("Tag") == ["x", "y z"] and form.getall("ToCity") == [""]
+    assert form.getall("Body") == ["a\x00b"]  # signed as received
+    assert form.by_name()["Body"] == ["a\ufffdb"] and "Odd\ufffdName" in form.by_name()  # stored safely
+    plain = twilio.form_fields("Body=a+b&Tag=x&Tag=x")
+    assert plain.by_name() is plain.signed and plain.getall("Tag") == ["x", "x"]
+
+
+def test_a_message_without_rare_fields_reads_the_same_as_one_with_them_blank() -> None:
+    # parse_inbound skips the structured-reply, reply-to, ad and forward readers when none of their
+    # fields is present; present but blank must give the same message as absent.
+    plain = _load("inbound_sms_text")
+    blank = _with(plain, Latitude="", ListId="", ButtonText="", OriginalRepliedMessageSid="",
+                  ReferralBody="", Forwarded="")
+    a, b = twilio.parse_inbound(plain), twilio.parse_inbound(blank)
+    assert (a.message_type, a.details, a.body) == (b.message_type, b.details, b.body)
+
+
 @pytest.mark.parametrize("value", ["three", "-3", "3.0"])
 def test_num_segments_that_is_not_a_count_is_rejected(value: str) -> None:
     with pytest.raises(base.PayloadError) as raised:
