@@ -138,3 +138,25 @@ async def test_no_index_on_conversations_covers_what_every_inbound_message_updat
     assert not [p["pred"] for p in predicates if any(col in p["pred"] for col in updated)]
     assert "fillfactor=80" in (await db.fetchval(
         "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = 'conversations'::regclass") or "")
+
+
+async def test_every_foreign_key_into_conversations_has_a_full_index_to_cascade_through(db):
+    """Deleting a conversation cascades to its messages, events and agent tasks, done ones included: an
+    index that holds only some rows (agent_tasks_conversation_live) cannot find the rest, so without a
+    full index led by the conversation's id (alone, or after tenant_id in a (tenant_id, conversation_id)
+    key) each deleted conversation would scan the table."""
+    uncovered = await db.fetch("""
+        SELECT c.conrelid::regclass::text AS tbl, c.conname FROM pg_constraint c
+        WHERE c.contype = 'f' AND c.confrelid = 'conversations'::regclass
+          AND NOT EXISTS (
+              SELECT 1 FROM pg_index i
+              WHERE i.indrelid = c.conrelid
+                -- partial indexes count only when they leave out rows without a conversation
+                AND (i.indpred IS NULL OR pg_get_expr(i.indpred, i.indrelid) ~ '^\\(\\w+ IS NOT NULL\\)$')
+                AND (i.indkey[0] = c.conkey[cardinality(c.conkey)]
+                     OR ((i.indkey::int2[])[0:cardinality(c.conkey) - 1] @> c.conkey
+                         AND c.conkey @> (i.indkey::int2[])[0:cardinality(c.conkey) - 1])))
+        ORDER BY 1, 2""")
+    assert [(r["tbl"], r["conname"]) for r in uncovered] == []
+    assert await db.fetchval("SELECT count(*) FROM pg_constraint WHERE contype = 'f' "
+                             "AND confrelid = 'conversations'::regclass") >= 4  # the check looked at something
