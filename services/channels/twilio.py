@@ -119,7 +119,7 @@ def verify_signature(auth_token: str, url: str, params: FormData, signature: str
         # An empty token would "verify" anything an attacker signs with the empty key.
         return False
     try:
-        form = _multidict(params).signed
+        form = _checked(params).signed
         validator = request_validator.RequestValidator(auth_token)
         # The URL as configured almost always matches: one HMAC. Only a mismatch pays for
         # validate(), which tries the URL with and without its default port.
@@ -152,7 +152,7 @@ def parse_inbound(form: FormData) -> base.InboundMessage:
     "location", "interactive", "button", "context" (the message replied to), "referral" (the ad a
     Click-to-WhatsApp conversation started from), "forwarded" and "frequently_forwarded".
     """
-    fields = _multidict(form).by_name()
+    fields = _checked(form).by_name()
 
     message_id = _sid(fields, "MessageSid", "SmsSid")
     account_sid = _sid(fields, "AccountSid")
@@ -226,7 +226,7 @@ def parse_status(form: FormData) -> base.StatusUpdate | None:
     Twilio does not retry. `recipient` is To and `channel_address` is From, as E.164, or None when
     absent or not a phone number (an alphanumeric sender ID, say).
     """
-    fields = _multidict(form).by_name()
+    fields = _checked(form).by_name()
     message_id = _sid(fields, "MessageSid", "SmsSid")
     status = STATUS_MAP.get(_required(fields, "MessageStatus", "SmsStatus").lower())
     if status is None:
@@ -288,7 +288,7 @@ class Fields:
 def fields(form: FormData) -> Fields:
     """Every received (name, value) pair, in order, repeats kept; PayloadError if one is not text.
     The webhook checks the form once and hands the result to both the signature check and the parser."""
-    return _multidict(form)
+    return _checked(form)
 
 
 def form_fields(text: str) -> Fields:
@@ -299,7 +299,7 @@ def form_fields(text: str) -> Fields:
     from the body itself or a `%00` escape: one look at the text spares a test per field."""
     pairs = yarl.query_to_pairs(text)
     if base.NUL in text or "%00" in text:
-        return _multidict(pairs)
+        return _checked(pairs)
     signed = _Signed()
     for name, value in pairs:
         if name in signed:
@@ -309,7 +309,7 @@ def form_fields(text: str) -> Fields:
     return Fields(signed)
 
 
-def _multidict(form: FormData) -> Fields:
+def _checked(form: FormData) -> Fields:
     if isinstance(form, Fields):
         return form
     # A mapping's items (a MultiDict's repeat its names); anything else must be the pairs themselves.

@@ -194,6 +194,14 @@ class Batcher:
         return results
 
 
+def log_entry(channel: Channel, msg: InboundMessage, message_id: int | None, conversation_id: int | None,
+              user_id: int | None) -> dict[str, object]:
+    """What the logs say of one inbound message, on either path: its ids, never the sender's number."""
+    return {"tenant_id": channel.tenant_id, "channel_id": channel.id, "provider": msg.provider.value,
+            "provider_message_id": msg.provider_message_id, "message_id": message_id,
+            "conversation_id": conversation_id, "user_id": user_id}
+
+
 def _log_batch(batch: list[_Item], results: list[Known | None]) -> None:
     """One line per commit, naming every message it stored or found already stored.
 
@@ -207,12 +215,7 @@ def _log_batch(batch: list[_Item], results: list[Known | None]) -> None:
     for item, result in zip(batch, results, strict=True):
         if result is None:
             continue
-        entry: dict[str, object] = {
-            "tenant_id": item.channel.tenant_id, "channel_id": item.channel.id,
-            "provider": item.msg.provider.value, "provider_message_id": item.msg.provider_message_id,
-            "message_id": result.message_id, "conversation_id": result.conversation_id,
-            "user_id": result.user_id,  # as the single-message path logs it
-        }
+        entry = log_entry(item.channel, item.msg, result.message_id, result.conversation_id, result.user_id)
         (stored if result.message_id is not None else duplicates).append(entry)
     if stored:
         log.info("inbound stored", extra={"count": len(stored), "messages": stored})

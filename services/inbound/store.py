@@ -13,7 +13,7 @@ from db import notify, queries
 from db import pool as db_pool
 from services import events, keywords, phone
 from services.channels.base import InboundMessage, StatusUpdate
-from services.inbound.batcher import Batcher
+from services.inbound.batcher import Batcher, log_entry
 from services.inbound.directory import Channel
 
 Q = queries.load(__file__)
@@ -64,9 +64,7 @@ async def ingest(pool: asyncpg.Pool, batcher: Batcher, channel: Channel, msg: In
     else:
         notify.wake(pool, notify.AGENT_TASKS, notify.EVENTS)
     log.info("inbound duplicate" if stored.duplicate else "inbound stored", extra={
-        "tenant_id": channel.tenant_id, "channel_id": channel.id, "provider": msg.provider.value,
-        "provider_message_id": msg.provider_message_id, "message_id": stored.message_id,
-        "conversation_id": stored.conversation_id, "user_id": stored.user_id,
+        **log_entry(channel, msg, stored.message_id, stored.conversation_id, stored.user_id),
         "keyword": stored.keyword.value if stored.keyword else None,
     })
     return stored

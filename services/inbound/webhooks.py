@@ -51,16 +51,12 @@ async def _twilio_form(request: web.Request) -> tuple[twilio.Fields, web.Respons
     if 0 < max_fields <= body.count(b"&"):  # the test yarl makes, before anything is decoded
         return _EMPTY_FORM, json_error(413, f"more than {max_fields} form fields", "body")
     try:
-        text = body.rstrip().decode(request.charset or "utf-8")
+        form = twilio.form_fields(body.rstrip().decode(request.charset or "utf-8"))
     except LookupError:
         return _EMPTY_FORM, json_error(415, f"unsupported charset {request.charset}", "Content-Type")
-    except ValueError:  # UnicodeDecodeError
-        return _EMPTY_FORM, json_error(400, "body is not a valid urlencoded form", "body")
-    try:
-        form = twilio.form_fields(text)
-    except PayloadError as exc:
+    except PayloadError as exc:  # before ValueError, which it is
         return _EMPTY_FORM, _bad_request(exc)
-    except ValueError:
+    except ValueError:  # UnicodeDecodeError
         return _EMPTY_FORM, json_error(400, "body is not a valid urlencoded form", "body")
     signature = request.headers.get(twilio.SIGNATURE_HEADER)
     url = external_url(request, request.app[appkeys.RUNTIME].settings)
