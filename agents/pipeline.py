@@ -3,7 +3,8 @@
 For each message: classify intent, act on consent (a natural-language opt-out opts out exactly like a
 keyword), queue the compliance replies, enrich the lead, fold the conversation into a summary every
 50 messages, and log every decision. Slow work (the LLM) happens before the transaction; all writes
-of a batch then commit together with the tasks' completion, so a task's effects exist exactly once.
+of a batch then commit together with the tasks' completion, so a task's effects exist exactly once; an
+outcome the database refuses is split off and fails its own task alone.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from agents.decision_log import Entry, Status
 from agents.intent import Classification, Classifier, Intent
 from agents.summarizer import Direction, Summarizer, SummaryInput
 from agents.worker import Claim, TaskFailed
+from db import errors as db_errors
 from db import notify, queries
 from services import events
 from services.inbound import store
@@ -105,7 +107,7 @@ class Pipeline:
 
         await asyncio.gather(*(one(i) for i in ids))
         if outcomes:
-            await self._commit(pool, claim, outcomes)
+            failures += await self._commit_isolating(pool, claim, outcomes)
         return failures
 
     # --- deciding (no writes) ---------------------------------------------------------------------
@@ -248,6 +250,25 @@ class Pipeline:
         return context
 
     # --- committing -------------------------------------------------------------------------------
+
+    async def _commit_isolating(self, pool: asyncpg.Pool, claim: Claim, outcomes: list[Outcome]) -> list[TaskFailed]:
+        """Commit the batch; if the database refuses it, commit each half on its own, down to single
+        outcomes, so one outcome it refuses fails its own task only. A batch mixes conversations and
+        tenants and shares its statements (the lead upsert, the decision log): without this, one bad
+        row would fail up to 64 tasks, again on every retry. Costs nothing while batches commit; one bad
+        outcome among n costs about 2·log2(n) extra transactions."""
+        try:
+            await self._commit(pool, claim, outcomes)
+            return []
+        except Exception as exc:  # noqa: BLE001 - which outcome is to blame is found below
+            if isinstance(db_errors.translate(exc), db_errors.Unavailable):
+                raise  # no outcome is to blame: the whole batch is retried
+            if len(outcomes) == 1:
+                log.exception("agent outcome could not be committed", extra={"task_id": outcomes[0].task_id})
+                return [TaskFailed(outcomes[0].task_id, f"{type(exc).__name__}: {exc}")]
+        half = len(outcomes) // 2
+        return [*await self._commit_isolating(pool, claim, outcomes[:half]),
+                *await self._commit_isolating(pool, claim, outcomes[half:])]
 
     async def _commit(self, pool: asyncpg.Pool, claim: Claim, outcomes: list[Outcome]) -> None:
         async with pool.acquire() as conn, conn.transaction():

@@ -1,7 +1,10 @@
 -- name: claim
 -- Claim up to $1 tasks: only the oldest live task of each conversation is eligible, so one
 -- conversation's work runs in order and never twice at once, across any number of workers.
--- A running task whose lease expired (its worker died) is eligible again.
+-- A running task whose lease expired (its worker died) is eligible again, unless that was its last
+-- attempt: a task that kills every worker that runs it would otherwise be re-claimed forever and block
+-- its conversation, so it is dead-lettered here instead (`buried`), and the conversation's next task
+-- becomes eligible for the next claim.
 -- $1 = limit, $2 = lease seconds, $3 = worker id
 WITH next AS (
     SELECT t.id FROM agent_tasks t
@@ -13,12 +16,36 @@ WITH next AS (
     ORDER BY t.priority DESC, t.id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
+),
+taken AS (
+    UPDATE agent_tasks t
+    SET status = CASE WHEN t.status = 'running' AND t.attempts >= t.max_attempts THEN 'dead' ELSE 'running' END,
+        attempts = CASE WHEN t.status = 'running' AND t.attempts >= t.max_attempts THEN t.attempts
+                        ELSE t.attempts + 1 END,
+        last_error = CASE WHEN t.status = 'running' AND t.attempts >= t.max_attempts
+                          THEN format('worker lost on attempt %s of %s (its lease expired)%s', t.attempts,
+                                      t.max_attempts, ': earlier error: ' || t.last_error)
+                          ELSE t.last_error END,
+        locked_by = CASE WHEN t.status = 'running' AND t.attempts >= t.max_attempts THEN t.locked_by ELSE $3 END,
+        lease_expires_at = CASE WHEN t.status = 'running' AND t.attempts >= t.max_attempts THEN NULL
+                                ELSE now() + make_interval(secs => $2) END,
+        finished_at = CASE WHEN t.status = 'running' AND t.attempts >= t.max_attempts THEN now() END,
+        updated_at = now()
+    FROM next WHERE t.id = next.id
+    RETURNING t.id, t.tenant_id, t.conversation_id, t.message_id, t.kind, t.attempts, t.max_attempts, t.payload,
+              t.status, t.last_error
+),
+letters AS (
+    INSERT INTO event_dead_letters (tenant_id, agent_task_id, kind, payload, error, attempts)
+    SELECT tenant_id, id, kind,
+           payload || jsonb_build_object('message_id', message_id, 'conversation_id', conversation_id),
+           last_error, attempts
+    FROM taken WHERE status = 'dead'
+    RETURNING id, agent_task_id
 )
-UPDATE agent_tasks t
-SET status = 'running', attempts = t.attempts + 1, locked_by = $3,
-    lease_expires_at = now() + make_interval(secs => $2), updated_at = now()
-FROM next WHERE t.id = next.id
-RETURNING t.id, t.tenant_id, t.conversation_id, t.message_id, t.kind, t.attempts, t.max_attempts, t.payload;
+SELECT t.id, t.tenant_id, t.conversation_id, t.message_id, t.kind, t.attempts, t.max_attempts, t.payload,
+       t.last_error, l.id AS dead_letter_id
+FROM taken t LEFT JOIN letters l ON l.agent_task_id = t.id;
 
 -- name: extend_leases
 -- $1 = task ids, $2 = worker id, $3 = lease seconds

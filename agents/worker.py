@@ -3,8 +3,9 @@
 Claiming is one statement with FOR UPDATE SKIP LOCKED (see queries.sql `claim`); a LISTEN connection
 wakes idle workers when tasks arrive, and a poll interval covers lost notifications. Each claim carries
 a lease, extended while work runs; a worker killed mid-task simply lets its lease lapse and another
-worker takes the task over. Completion is fenced by (locked_by, attempts), so a worker that lost its
-lease can never commit results twice.
+worker takes the task over, unless that was the task's last attempt: then the claim dead-letters it, so
+a task that kills every worker that runs it cannot block its conversation. Completion is fenced by
+(locked_by, attempts), so a worker that lost its lease can never commit results twice.
 """
 
 from __future__ import annotations
@@ -170,13 +171,22 @@ class Worker:
                 woke_at = self._generation
 
     async def claim_once(self) -> int:
-        """Claim one batch, run it, settle failures. Returns how many tasks were claimed."""
+        """Claim one batch, run it, settle failures. Returns how many tasks the claim took, counting
+        those it dead-lettered because their last attempt's worker was lost."""
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(Q.claim, self.batch_size, self.lease_s, self.worker_id)
         if not rows:
             return 0
+        for r in rows:
+            if r["dead_letter_id"] is not None:
+                log.error("task dead-lettered", extra={"task_id": r["id"], "dead_letter_id": r["dead_letter_id"],
+                                                       "attempts": r["attempts"], "error": r["last_error"]})
         tasks = tuple(Task(r["id"], r["tenant_id"], r["conversation_id"], r["message_id"], r["kind"],
-                           r["attempts"], r["max_attempts"], r["payload"]) for r in rows)
+                           r["attempts"], r["max_attempts"], r["payload"]) for r in rows
+                      if r["dead_letter_id"] is None)
+        if not tasks:
+            # Only buried tasks: their conversations' next tasks are claimable now; the caller claims again.
+            return len(rows)
         claim = Claim(self.worker_id, tasks)
         heartbeat = asyncio.create_task(self._heartbeat(claim))
         try:
@@ -190,7 +200,7 @@ class Worker:
         by_id = {t.id: t for t in tasks}
         for failure in failures:
             await self._settle_failure(by_id[failure.task_id], failure.error)
-        return len(tasks)
+        return len(rows)
 
     async def _heartbeat(self, claim: Claim) -> None:
         ids = [t.id for t in claim.tasks]
