@@ -34,6 +34,9 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
 }
 
 
+HELP_TEXT_MAX = 1600  # message_queue.body's CHECK
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
@@ -82,9 +85,14 @@ class Settings(BaseSettings):
     serve_worker_concurrency: Annotated[int, Field(ge=1, le=256)] = Field(1, alias="PARLEY_SERVE_WORKER_CONCURRENCY")
     # How long a batch of those agents waits, at most, while webhooks saturate the process.
     serve_agent_max_wait_s: Annotated[float, Field(ge=0, le=60)] = Field(2.0, alias="PARLEY_SERVE_AGENT_MAX_WAIT_S")
-    task_lease_s: Annotated[float, Field(gt=0)] = Field(60.0, alias="PARLEY_TASK_LEASE_S")
+    # Bounded: the lease is stored as a timestamp, and one out of its range would fail every claim.
+    task_lease_s: Annotated[float, Field(gt=0, le=86400)] = Field(60.0, alias="PARLEY_TASK_LEASE_S")
     task_max_attempts: Annotated[int, Field(ge=1, le=50)] = Field(5, alias="PARLEY_TASK_MAX_ATTEMPTS")
     poll_interval_s: Annotated[float, Field(gt=0)] = Field(1.0, alias="PARLEY_POLL_INTERVAL_S")
+    # Done agent tasks and status callbacks older than this are deleted by `parley serve` and `parley
+    # worker` (services/retention.py), every PARLEY_RETENTION_INTERVAL_S. 0 keeps them forever.
+    retention_days: Annotated[int, Field(ge=0, le=36500)] = Field(30, alias="PARLEY_RETENTION_DAYS")
+    retention_interval_s: Annotated[float, Field(gt=0, le=86400)] = Field(3600.0, alias="PARLEY_RETENTION_INTERVAL_S")
 
     @field_validator("database_url", "redis_url", "twilio_account_sid", "whatsapp_phone_number_id",
                      mode="before")
@@ -98,6 +106,25 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("tenant_name", "help_text", "openai_model")
+    @classmethod
+    def _storable_text(cls, value: str) -> str:
+        # These end up in rows (tenants, message_queue, agent_actions_log): refused here at start-up,
+        # not by the database later, one message or one batch at a time.
+        if not value.strip():
+            raise ValueError("must not be empty or blank")
+        if "\x00" in value:
+            raise ValueError("must not contain a NUL character")
+        return value
+
+    @field_validator("help_text")
+    @classmethod
+    def _one_message(cls, value: str) -> str:
+        # The HELP reply is queued as is: message_queue.body holds 1-1600 characters (10 SMS segments).
+        if len(value) > HELP_TEXT_MAX:
+            raise ValueError(f"must be at most {HELP_TEXT_MAX} characters (it is {len(value)})")
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -147,4 +174,4 @@ def load(**overrides: object) -> Settings:
         name = str(first["loc"][0])
         field = Settings.model_fields.get(name)
         env_name = field.alias if field and field.alias else name.upper()
-        raise SettingsError(f"invalid setting {env_name}: {first['msg']}") from None
+        raise SettingsError(f"invalid setting {env_name}: {first['msg'].removeprefix('Value error, ')}") from None
