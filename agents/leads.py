@@ -15,6 +15,10 @@ from services import events
 
 Q = queries.load(__file__, "leads.sql")
 
+# Entries kept in each of a lead's histories (tone, urgency, confidence): the newest, oldest first.
+# Every change rewrites the row's history, so an unbounded one would grow each write with the lead's age.
+HISTORY_LIMIT = 100
+
 
 class Tag(StrEnum):
     """Matches the CHECK constraint on lead_memory.current_tag."""
@@ -84,7 +88,8 @@ async def apply_many(conn: asyncpg.Connection, batch: Sequence[Enrichment], acto
         rows = await conn.fetch(Q.upsert_leads, *keys, [e.name for e in items], [e.email for e in items],
                                 [e.language for e in items], [e.ai_summary for e in items],
                                 [e.intent for e in items], [e.tone for e in items], [e.urgency for e in items],
-                                confidences, [e.is_test for e in items], [e.message_id for e in items])
+                                confidences, [e.is_test for e in items], [e.message_id for e in items],
+                                HISTORY_LIMIT)
         ids = {(r["tenant_id"], r["user_id"]): r["id"] for r in rows}
         for i, e in zip(indexes, items, strict=True):
             old = previous.get((e.tenant_id, e.user_id))

@@ -8,9 +8,10 @@ ORDER BY l.id
 FOR UPDATE OF l;
 
 -- name: upsert_leads
--- One row per (tenant, user); histories append {value, timestamp} only when the value changes.
+-- One row per (tenant, user); histories append {value, timestamp} only when the value changes, and keep
+-- the newest $13 entries.
 -- $1 = tenant ids, $2 = user ids, $3 = names, $4 = emails, $5 = languages, $6 = ai summaries, $7 = intents,
--- $8 = tones, $9 = urgencies, $10 = confidences, $11 = is_test flags, $12 = message ids
+-- $8 = tones, $9 = urgencies, $10 = confidences, $11 = is_test flags, $12 = message ids, $13 = history length
 INSERT INTO lead_memory AS l (tenant_id, user_id, name, email, language, ai_summary, intent, tone, urgency,
                               confidence_score, tone_history, urgency_history, confidence_history, is_test,
                               last_message_id)
@@ -33,11 +34,12 @@ ON CONFLICT ON CONSTRAINT lead_memory_tenant_user_key DO UPDATE SET
     urgency = EXCLUDED.urgency,
     confidence_score = EXCLUDED.confidence_score,
     tone_history = CASE WHEN l.tone IS DISTINCT FROM EXCLUDED.tone
-        THEN l.tone_history || EXCLUDED.tone_history ELSE l.tone_history END,
+        THEN parley_append_capped(l.tone_history, EXCLUDED.tone_history, $13) ELSE l.tone_history END,
     urgency_history = CASE WHEN l.urgency IS DISTINCT FROM EXCLUDED.urgency
-        THEN l.urgency_history || EXCLUDED.urgency_history ELSE l.urgency_history END,
+        THEN parley_append_capped(l.urgency_history, EXCLUDED.urgency_history, $13) ELSE l.urgency_history END,
     confidence_history = CASE WHEN l.confidence_score IS DISTINCT FROM EXCLUDED.confidence_score
-        THEN l.confidence_history || EXCLUDED.confidence_history ELSE l.confidence_history END,
+        THEN parley_append_capped(l.confidence_history, EXCLUDED.confidence_history, $13)
+        ELSE l.confidence_history END,
     is_test = l.is_test OR EXCLUDED.is_test,
     last_message_id = EXCLUDED.last_message_id,
     updated_at = now()
