@@ -61,7 +61,7 @@ def _load() -> settings_mod.Settings:
 def serve(args: argparse.Namespace) -> None:
     from aiohttp import web
 
-    from services import processes
+    from services import processes, retention
     from services import web as web_mod
 
     s = _load()
@@ -73,6 +73,7 @@ def serve(args: argparse.Namespace) -> None:
         sock = processes.listening_socket(args.host, args.port)
         if s.processes > 1:
             background += (processes.supervise(s.processes - 1, sock),)
+        background += (retention.background(s),)  # the first process only: helpers would repeat it
     else:
         background += (processes.orphan_watch(),)
     app = web_mod.create_app(s, background=background)
@@ -104,6 +105,7 @@ def worker(args: argparse.Namespace) -> None:
     import signal
 
     from agents import service
+    from services import retention
     from services import runtime as runtime_mod
 
     s = _load()
@@ -118,7 +120,8 @@ def worker(args: argparse.Namespace) -> None:
             loop.add_signal_handler(sig, stop.set)
         async with runtime_mod.open_runtime(s) as rt:
             _settle_heap()
-            await service.run_workers(s, rt.pool, rt.dsn, stop)
+            await asyncio.gather(service.run_workers(s, rt.pool, rt.dsn, stop),
+                                 retention.run(rt.pool, s.retention_days, s.retention_interval_s, stop))
 
     asyncio.run(run())
 
