@@ -108,18 +108,46 @@ async def test_a_directory_that_never_loaded_answers_unavailable_after_one_attem
     assert failures(caplog) == 1
 
 
-async def test_a_slow_database_does_not_hold_up_requests_the_cache_can_answer(pool, seeded, database_url, caplog):
-    clock = Clock()
-    directory = Directory(pool, ttl_s=0, refresh_timeout_s=0.5, backoff_s=(30, 30), clock=clock)
+async def waiting_on_a_lock(db) -> None:
+    """Until some query of this database waits on a lock (the refresh behind the test's LOCK TABLE)."""
+    for _ in range(500):
+        if await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                             "AND wait_event_type = 'Lock'"):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the refresh never reached the database")
+
+
+async def test_a_slow_refresh_does_not_hold_up_requests_the_cache_can_answer(pool, seeded, database_url, db):
+    directory = Directory(pool, ttl_s=0, refresh_timeout_s=60, clock=Clock())
     assert await lookup(directory) == seeded
     blocker = await db_pool.connect(database_url)
     try:
         tx = blocker.transaction()
         await tx.start()
-        await blocker.execute("LOCK TABLE channels IN ACCESS EXCLUSIVE MODE")  # every refresh now waits
-        found = await asyncio.gather(*[lookup(directory) for _ in range(10)])
-        assert found == [seeded] * 10
-        assert failures(caplog) == 1  # the one refresh that waited, and timed out
+        await blocker.execute("LOCK TABLE channels IN ACCESS EXCLUSIVE MODE")
+        refreshing = asyncio.create_task(lookup(directory))
+        await waiting_on_a_lock(db)
+        # One request is stuck in the refresh; the others answer from the cache meanwhile.
+        assert await asyncio.gather(*[lookup(directory) for _ in range(10)]) == [seeded] * 10
+        assert not refreshing.done()
+        await tx.rollback()
+        assert await refreshing == seeded
+    finally:
+        await blocker.close()
+
+
+async def test_a_refresh_that_times_out_serves_the_cache(pool, seeded, database_url, caplog):
+    directory = Directory(pool, ttl_s=0, refresh_timeout_s=0.2, backoff_s=(30, 30), clock=Clock())
+    assert await lookup(directory) == seeded
+    blocker = await db_pool.connect(database_url)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE channels IN ACCESS EXCLUSIVE MODE")
+        assert await asyncio.gather(*[lookup(directory) for _ in range(10)]) == [seeded] * 10
+        assert failures(caplog) == 1 and "TimeoutError" in str(
+            [vars(r).get("error") for r in caplog.records if r.getMessage() == FAILED])
         await tx.rollback()
     finally:
         await blocker.close()

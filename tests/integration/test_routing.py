@@ -248,6 +248,9 @@ async def test_a_rotated_token_takes_effect_on_restart_for_every_number_of_the_a
     for n, to in enumerate(("+14155550100", "+14155550111")):
         assert (await post_twilio(client, sms_pairs("hi", f"SM{0xb200 + n:032x}", to=to))).status == 200
     restarted = await make_client(TWILIO_AUTH_TOKEN="rotated-auth-token-91c0")
+    # The numbers are written after the catch-all (an operator renames one, say): a copy of the old
+    # token on them would now be what the directory reads last.
+    await db.execute("UPDATE channels SET updated_at = now() WHERE kind = 'twilio_sms' AND address <> '*'")
     for n, to in enumerate(("+14155550100", "+14155550111")):
         pairs = sms_pairs("again", f"SM{0xb300 + n:032x}", to=to)
         assert (await post_twilio(restarted, pairs)).status == 403  # the old token
