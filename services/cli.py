@@ -166,7 +166,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p_classify = sub.add_parser("classify", help="classify messages read one per line on stdin (JSON lines out)")
     p_classify.set_defaults(func=classify)
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except settings_mod.SettingsError as exc:  # found at start-up (services/tenants.py): one line
+        print(f"parley: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

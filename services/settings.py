@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     parley_api_key: SecretStr | None = Field(None, alias="PARLEY_API_KEY")
     public_base_url: AnyHttpUrl | None = Field(None, alias="PUBLIC_BASE_URL")
     trust_proxy: bool = Field(False, alias="TRUST_PROXY")
+    # Proxies of ours in front of the service: the X-Forwarded-* entry this far from the right is the
+    # one the outermost of them appended (services/inbound/public_url.py).
+    trust_proxy_hops: Annotated[int, Field(ge=1, le=16)] = Field(1, alias="TRUST_PROXY_HOPS")
 
     twilio_account_sid: str | None = Field(None, alias="TWILIO_ACCOUNT_SID", pattern=r"^AC[0-9a-fA-F]{32}$")
     twilio_auth_token: SecretStr | None = Field(None, alias="TWILIO_AUTH_TOKEN")

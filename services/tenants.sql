@@ -5,11 +5,30 @@ ON CONFLICT (slug) DO UPDATE SET name = EXCLUDED.name, help_text = EXCLUDED.help
 RETURNING id;
 
 -- name: upsert_channel
+-- A channel the settings describe: they are its credentials' one source of truth, so they replace
+-- whatever the row held, and it is active while the settings name it.
 -- $1 = tenant_id, $2 = kind, $3 = address, $4 = account_sid, $5 = credentials, $6 = display_address
-INSERT INTO channels (tenant_id, kind, address, account_sid, credentials, display_address)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO channels (tenant_id, kind, address, account_sid, credentials, display_address, from_settings)
+VALUES ($1, $2, $3, $4, $5, $6, true)
 ON CONFLICT ON CONSTRAINT channels_kind_address_key
 DO UPDATE SET account_sid = EXCLUDED.account_sid, credentials = EXCLUDED.credentials,
               display_address = COALESCE(EXCLUDED.display_address, channels.display_address),
-              active = true, updated_at = now()
+              from_settings = true, active = true, updated_at = now()
 RETURNING id;
+
+-- name: deactivate_unnamed_settings_channels
+-- Channels earlier settings created that the current ones no longer name (a removed TWILIO_* pair, a
+-- changed WHATSAPP_PHONE_NUMBER_ID). The numbers materialised from such a catch-all stop verifying
+-- with it (services/inbound/directory.py); their own active flag is an operator's and is left alone.
+-- $1 = tenant_id, $2 = ids of the channels the settings name
+UPDATE channels SET active = false, updated_at = now()
+WHERE tenant_id = $1 AND from_settings AND active AND NOT (id = ANY($2::bigint[]));
+
+-- name: catch_all_conflicts
+-- Active catch-alls that claim the same account: which would route its numbers is undefined.
+SELECT c.kind, c.account_sid, string_agg(t.slug, ', ' ORDER BY t.slug) AS tenants
+FROM channels c JOIN tenants t ON t.id = c.tenant_id
+WHERE c.address = '*' AND c.active
+GROUP BY c.kind, c.account_sid
+HAVING count(*) > 1
+ORDER BY c.kind, c.account_sid;

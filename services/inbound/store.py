@@ -12,7 +12,7 @@ import asyncpg
 from db import notify, queries
 from db import pool as db_pool
 from services import events, keywords, phone
-from services.channels.base import InboundMessage, StatusUpdate
+from services.channels.base import InboundMessage
 from services.inbound.batcher import Batcher, log_entry
 from services.inbound.directory import Channel
 
@@ -164,21 +164,3 @@ def _profile_changed(user: asyncpg.Record, msg: InboundMessage) -> bool:
         ("profile_name", s.profile_name), ("wa_id", s.wa_id), ("wa_user_id", s.wa_user_id),
         ("wa_username", s.username)))
 
-
-async def record_status(pool: asyncpg.Pool, tenant_id: int | None, update: StatusUpdate) -> int | None:
-    """Store a status callback; returns the message id when its status moved forward."""
-    async def work(conn: asyncpg.Connection) -> int | None:
-        row = await conn.fetchrow(Q.record_status, tenant_id, update.provider.value, update.provider_message_id,
-                                  update.status.value, update.error_code, update.error_message,
-                                  update.occurred_at, update.raw)
-        if row is None:
-            return None
-        await events.emit(conn, events.Event(row["tenant_id"], f"message.{update.status.value}",
-                                             row["conversation_id"], None, row["id"],
-                                             {"error_code": update.error_code} if update.error_code else {}))
-        return int(row["id"])
-
-    message_id = await db_pool.in_transaction(pool, work)
-    if message_id is not None:
-        notify.wake(pool, notify.EVENTS)
-    return message_id

@@ -190,13 +190,13 @@ async def test_unknown_phone_number_id_is_404_and_nothing_stored(client, db):
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
 
 
-async def test_number_owned_by_another_app_is_404(client, db):
+async def test_number_owned_by_another_app_is_403(client, db):
     tenant = await db.fetchval("INSERT INTO tenants (slug, name, help_text) VALUES ('b', 'B', 'h') RETURNING id")
     await db.execute("INSERT INTO channels (tenant_id, kind, address, credentials) VALUES "
                      "($1, 'whatsapp_cloud', '555000111', $2)", tenant, {"app_secret": "tenant-b-secret-xyz"})
     # Signed by the default tenant's app but addressed to tenant B's number.
     resp = await post_meta(client, support.whatsapp_text("hi", "wamid.CROSS", phone_number_id="555000111"))
-    assert resp.status == 404
+    assert resp.status == 403
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
 
 
