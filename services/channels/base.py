@@ -116,7 +116,8 @@ class Sender:
 class InboundMessage:
     provider: Provider
     channel_kind: ChannelKind
-    # The receiving identity we route on: E.164 number for Twilio, phone_number_id for Meta.
+    # The receiving identity we route on: for Twilio an E.164 number, short code, alphanumeric sender ID
+    # or rcs:<sender> (services/channels/twilio.py normalises them); for Meta the phone_number_id.
     channel_address: str
     provider_message_id: str
     sender: Sender
