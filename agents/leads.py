@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from db import notify, queries
-from services import events
+from services import badinput, events
 
 Q = queries.load(__file__, "leads.sql")
 
@@ -126,15 +126,12 @@ def _differs(old: Any, new: Any) -> bool:
     return bool(old != new)
 
 
-class TagError(ValueError):
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
-
-
 async def set_tag(pool: asyncpg.Pool, lead_id: int, tag: Tag, actor: str, reason: str | None) -> dict[str, Any] | None:
-    """Change a lead's tag. Leaving Converted is a revert and needs a reason. None: no such lead."""
+    """Change a lead's tag. Leaving Converted is a revert and needs a reason. None: no such lead.
+    BadInput names `reason` or `actor` when one is missing or cannot be stored."""
+    badinput.storable("actor", actor)
+    if reason is not None:
+        badinput.storable("reason", reason)
     async with pool.acquire() as conn, conn.transaction():
         lead = await conn.fetchrow(Q.lock_lead, lead_id)
         if lead is None:
@@ -142,7 +139,7 @@ async def set_tag(pool: asyncpg.Pool, lead_id: int, tag: Tag, actor: str, reason
         previous = Tag(lead["current_tag"])
         if previous is Tag.CONVERTED and tag is not Tag.CONVERTED:
             if not reason or not reason.strip():
-                raise TagError("reason", "is required to revert a converted lead")
+                raise badinput.BadInput("reason", "is required to revert a converted lead")
             action = ActionType.REVERT
         elif tag is Tag.ARCHIVED:
             action = ActionType.ARCHIVE

@@ -58,6 +58,17 @@ def _load() -> settings_mod.Settings:
     return s
 
 
+def _check_operator_key(s: settings_mod.Settings) -> None:
+    """Stop with one line on an unusable operator key now, before the database starts."""
+    from services import runtime as runtime_mod
+
+    try:
+        runtime_mod.operator_api_key(s)
+    except settings_mod.SettingsError as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def serve(args: argparse.Namespace) -> None:
     from aiohttp import web
 
@@ -65,6 +76,7 @@ def serve(args: argparse.Namespace) -> None:
     from services import web as web_mod
 
     s = _load()
+    _check_operator_key(s)
     if args.processes is not None:
         s = s.model_copy(update={"processes": args.processes})
     sock = processes.inherited_socket()  # set when this is a helper of `--processes N`
@@ -109,6 +121,7 @@ def worker(args: argparse.Namespace) -> None:
     from services import runtime as runtime_mod
 
     s = _load()
+    _check_operator_key(s)
     if args.workers is not None:
         s = s.model_copy(update={"workers": args.workers})
 

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import functools
+import re
+from typing import Final
 
 import phonenumbers
 
+# What users.phone and channels.address hold (their CHECK in db/migrations/0001_foundation.sql):
+# E.164 allows at most 15 digits, where phonenumbers calls some longer national numbers possible.
+E164: Final = re.compile(r"\+[1-9][0-9]{6,14}")
+
+# Longer than any way of writing a phone number: refused before the parser, and kept out of the cache.
+_MAX_RAW = 64
+
+
+def to_e164(raw: str | None) -> str | None:
+    """E.164 form of `raw` (which must carry its country code), or None if it is not a possible number
+    or cannot be stored as E.164 (more than 15 digits, say). What it returns always matches `E164`.
+
+    Accepts Twilio's "whatsapp:+1..." and "rcs:+1..." addresses and Meta's bare wa_id digits ("16505551234").
+    """
+    if not raw or len(raw) > _MAX_RAW:
+        return None
+    return _to_e164(raw)
+
 
 @functools.lru_cache(maxsize=65536)
-def to_e164(raw: str | None) -> str | None:
-    """E.164 form of `raw` (which must carry its country code), or None if it is not a possible number.
-
-    Accepts Twilio's "whatsapp:+1..." addresses and Meta's bare wa_id digits ("16505551234").
-    Cached: parsing costs tens of microseconds and the same few numbers arrive over and over.
-    """
-    if not raw:
-        return None
+def _to_e164(raw: str) -> str | None:
+    # Cached: parsing costs tens of microseconds and the same few numbers arrive over and over.
     value = raw.strip()
     if ":" in value:
         value = value.split(":", 1)[1]
@@ -27,7 +41,8 @@ def to_e164(raw: str | None) -> str | None:
         return None
     if not phonenumbers.is_possible_number(number):
         return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return e164 if E164.fullmatch(e164) else None
 
 
 def mask(e164: str | None) -> str | None:

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from db import embedded, migrate, notify
 from db import pool as db_pool
 from services import tenants
-from services.settings import Settings
+from services.settings import Settings, SettingsError
 
 log = logging.getLogger("parley.runtime")
 
@@ -33,19 +33,55 @@ class Runtime:
 
 
 def operator_api_key(settings: Settings) -> str:
-    """PARLEY_API_KEY, or a key generated once and kept (mode 0600) under PARLEY_HOME."""
+    """PARLEY_API_KEY, or a key generated once and kept (mode 0600) in $PARLEY_HOME/api-key.
+
+    SettingsError, one line naming PARLEY_API_KEY and the file, when the file holds no usable key
+    (blank, unreadable) or cannot be written: start-up stops rather than run an API anyone can open."""
     if settings.parley_api_key is not None:
         return settings.parley_api_key.get_secret_value()
     path = Path(settings.parley_home) / "api-key"
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
-    log.warning("PARLEY_API_KEY is not set: generated an operator API key", extra={"path": str(path)})
+    try:
+        if not path.exists():
+            _generate(path)
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeError) as exc:
+        raise SettingsError(f"invalid setting PARLEY_API_KEY: {path} cannot be used ({exc})") from None
+    if not key:
+        raise SettingsError(f"invalid setting PARLEY_API_KEY: {path} is empty; delete it to have a key "
+                            "generated, or set PARLEY_API_KEY")
     return key
+
+
+def _generate(path: Path) -> None:
+    """Write a new key to `path` unless another process gets there first.
+
+    The key is written whole under a temporary name and fsync'd before it takes the real name, so a
+    crash leaves either no file (and the next start generates one) or the whole key, never the empty
+    file that used to let `Authorization: Bearer` with no token in. It takes the name by link(), a
+    rename that fails when the name exists: two processes starting at once keep the first key, where
+    a rename would replace it under the process already using it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return  # another process won: its key is the key
+        except OSError:
+            os.replace(temporary, path)  # a file system without hard links
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the new name itself survives a crash
+        finally:
+            os.close(directory)
+        log.warning("PARLEY_API_KEY is not set: generated an operator API key", extra={"path": str(path)})
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 @asynccontextmanager

@@ -104,7 +104,7 @@ class Settings(BaseSettings):
         return None if value == "" else value
 
     @field_validator("twilio_auth_token", "whatsapp_app_secret", "whatsapp_verify_token",
-                     "whatsapp_access_token", "openai_api_key", "parley_api_key", "public_base_url",
+                     "whatsapp_access_token", "openai_api_key", "public_base_url",
                      "openai_base_url", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
@@ -128,6 +128,18 @@ class Settings(BaseSettings):
         if len(value) > HELP_TEXT_MAX:
             raise ValueError(f"must be at most {HELP_TEXT_MAX} characters (it is {len(value)})")
         return value
+
+    @field_validator("parley_api_key")
+    @classmethod
+    def _usable_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # Set but blank is refused, not read as unset: an empty key would let `Authorization: Bearer`
+        # with no token in, and a blank meant as "generate one" is better said by unsetting it.
+        if value is None:
+            return None
+        key = value.get_secret_value().strip()
+        if not key:
+            raise ValueError("must not be empty or whitespace (unset it to have a key generated under PARLEY_HOME)")
+        return SecretStr(key)
 
     @field_validator("database_url")
     @classmethod

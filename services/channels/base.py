@@ -10,6 +10,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from services import badinput
+
 
 class Provider(StrEnum):
     TWILIO = "twilio"
@@ -57,13 +59,8 @@ class MessageType(StrEnum):
     UNSUPPORTED = "unsupported"
 
 
-class PayloadError(ValueError):
-    """A malformed webhook body. Answered with 400 and the offending field named."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
+# A malformed webhook body: the one input error, answered with 400 naming the field.
+PayloadError = badinput.BadInput
 
 
 NUL = "\x00"
@@ -119,7 +116,8 @@ class Sender:
 class InboundMessage:
     provider: Provider
     channel_kind: ChannelKind
-    # The receiving identity we route on: E.164 number for Twilio, phone_number_id for Meta.
+    # The receiving identity we route on: for Twilio an E.164 number, short code, alphanumeric sender ID
+    # or rcs:<sender> (services/channels/twilio.py normalises them); for Meta the phone_number_id.
     channel_address: str
     provider_message_id: str
     sender: Sender

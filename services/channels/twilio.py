@@ -74,6 +74,19 @@ STATUS_MAP: dict[str, base.MessageStatus] = {
 # unexpected format does not bounce real traffic, while junk never becomes a dedupe key.
 _SID = re.compile(r"[A-Za-z0-9]{2,64}")
 _WHATSAPP_PREFIX: Final = "whatsapp"
+_RCS_PREFIX: Final = "rcs"
+
+# Business addresses that are not phone numbers, each stored as the normalisation beside it (and
+# admitted by the channels.address CHECK, migration 0011), all on the twilio_sms channel kind:
+# - a short code: 5 or 6 digits, stored as they are ("12345");
+_SHORT_CODE = re.compile(r"[0-9]{5,6}")
+# - an alphanumeric sender ID: 1 to 11 ASCII letters, digits and spaces with at least one letter
+#   (Twilio's rule), stored as received without surrounding whitespace ("Parley Co");
+_ALPHANUMERIC = re.compile(r"(?=[0-9 ]*[A-Za-z])[A-Za-z0-9 ]{1,11}")
+# - an RCS sender ("To=rcs:brand_xyz_agent"), stored with its prefix ("rcs:brand_xyz_agent"). Twilio's
+#   RCS senders sit in a Messaging Service beside its SMS numbers, fall back to SMS, and share their
+#   opt-outs, so RCS is a way of reaching the same SMS channel kind, not a kind of its own.
+_RCS_SENDER = re.compile(r"[A-Za-z0-9_.+-]{1,100}")
 
 # WhatsApp Click-to-WhatsApp ad fields. ReferralNumMedia is left out: Twilio sends "0" on every
 # WhatsApp message, ad or not.
@@ -156,9 +169,10 @@ def parse_inbound(form: FormData) -> base.InboundMessage:
 
     message_id = _sid(fields, "MessageSid", "SmsSid")
     account_sid = _sid(fields, "AccountSid")
-    sender_phone, from_whatsapp = _address(fields, "From")
-    channel_address, to_whatsapp = _address(fields, "To")
-    if from_whatsapp != to_whatsapp:
+    sender_phone, from_prefix = _sender(fields, "From")
+    channel_address, to_prefix = _business_address(fields, "To")
+    from_whatsapp = from_prefix == _WHATSAPP_PREFIX
+    if from_whatsapp != (to_prefix == _WHATSAPP_PREFIX):
         raise base.PayloadError("To", "is not on the same channel as From")
 
     media = _media(fields)
@@ -223,8 +237,9 @@ def parse_status(form: FormData) -> base.StatusUpdate | None:
     Required: MessageSid (SmsSid as a fallback) and MessageStatus (SmsStatus as a fallback); a
     missing one raises PayloadError. A status missing from STATUS_MAP (the inbound-only "receiving"
     and "received", or one Twilio adds later) returns None, so the handler still answers 200 and
-    Twilio does not retry. `recipient` is To and `channel_address` is From, as E.164, or None when
-    absent or not a phone number (an alphanumeric sender ID, say).
+    Twilio does not retry. `recipient` is To as E.164, and `channel_address` is From as `parse_inbound`
+    normalises a business address (E.164, short code, alphanumeric sender ID or rcs:sender), each None
+    when absent or not such an address.
     """
     fields = _checked(form).by_name()
     message_id = _sid(fields, "MessageSid", "SmsSid")
@@ -238,7 +253,7 @@ def parse_status(form: FormData) -> base.StatusUpdate | None:
         raw=_raw(fields),
         error_code=_one(fields, "ErrorCode"),
         error_message=_one(fields, "ErrorMessage"),
-        channel_address=_optional_e164(fields, "From"),
+        channel_address=_optional_business_address(fields, "From"),
         recipient=_optional_e164(fields, "To"),
     )
 
@@ -388,18 +403,51 @@ def _optional_sid(fields: _Values, name: str) -> str | None:
     return _sid(fields, name) if _one(fields, name) is not None else None
 
 
-def _address(fields: _Values, name: str) -> tuple[str, bool]:
-    """(E.164 number, whether it came as "whatsapp:+...") for From or To."""
-    value = _required(fields, name)
-    prefix, colon, _ = value.partition(":")
-    whatsapp = bool(colon) and prefix == _WHATSAPP_PREFIX
-    if colon and not whatsapp:
-        # rcs:, messenger: and the like would otherwise pass as SMS numbers (to_e164 drops any prefix).
+def _prefixed(fields: _Values, name: str) -> tuple[str, str]:
+    """(channel prefix, address) of From or To: "" for SMS, "whatsapp" or "rcs"."""
+    value = _required(fields, name).strip()
+    prefix, colon, rest = value.partition(":")
+    if not colon:
+        return "", value
+    if prefix not in (_WHATSAPP_PREFIX, _RCS_PREFIX):
+        # messenger: and the like would otherwise pass as SMS numbers (to_e164 drops any prefix).
         raise base.PayloadError(name, "has an unsupported channel prefix")
+    return prefix, rest
+
+
+def _sender(fields: _Values, name: str) -> tuple[str, str]:
+    """(E.164 number, channel prefix) of the person who wrote: a phone number on every channel (RCS
+    included, "rcs:+1..."), stored only as E.164, so one that cannot be is refused here rather than
+    by the users.phone CHECK."""
+    prefix, value = _prefixed(fields, name)
     e164 = phone.to_e164(value)
     if e164 is None:
-        raise base.PayloadError(name, "is not a valid phone number")
-    return e164, whatsapp
+        raise base.PayloadError(name, "is not a phone number that can be stored as E.164 (+ and 7 to 15 digits)")
+    return e164, prefix
+
+
+def _business_address(fields: _Values, name: str) -> tuple[str, str]:
+    """(normalised address, channel prefix) of the number, short code, sender ID or RCS sender we were
+    reached at (see _SHORT_CODE and its neighbours); WhatsApp addresses are always phone numbers."""
+    prefix, value = _prefixed(fields, name)
+    if prefix == _RCS_PREFIX:
+        if not _RCS_SENDER.fullmatch(value):
+            raise base.PayloadError(name, "is not an RCS sender (rcs: then 1 to 100 letters, digits or _.+-)")
+        return f"{_RCS_PREFIX}:{value}", prefix
+    if not prefix:
+        if _SHORT_CODE.fullmatch(value) or _ALPHANUMERIC.fullmatch(value):
+            return value, prefix
+    e164 = phone.to_e164(value)
+    if e164 is None:
+        raise base.PayloadError(name, "is not a phone number, short code, alphanumeric sender ID or RCS sender")
+    return e164, prefix
+
+
+def _optional_business_address(fields: _Values, name: str) -> str | None:
+    try:
+        return _business_address(fields, name)[0] if _one(fields, name) else None
+    except base.PayloadError:
+        return None
 
 
 def _optional_e164(fields: _Values, name: str) -> str | None:

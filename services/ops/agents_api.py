@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from agents import leads, worker
+from agents import decision_log, leads, worker
 from db import queries
-from services import appkeys
-from services.httperrors import json_error
+from services import appkeys, badinput
+from services.badinput import BadInput
+from services.httperrors import json_error, parse_body
 from services.ops import pagination
-from services.ops.api import dumps, int_path, phone_param
+from services.ops.api import dumps, int_path, pager, phone_param, positive_id
 
 Q = queries.load(__file__, "queries.sql")
 
-LOG_STATUSES = {"ok", "fallback", "possible_opt_out", "skipped", "error"}
+LOG_STATUSES = frozenset(s.value for s in decision_log.Status)
+DEAD_LETTER_STATUSES = frozenset({"dead", "requeued"})
+_MAX_TEXT_PARAM = 200
 
 
 def routes() -> list[web.RouteDef]:
@@ -46,43 +49,55 @@ def _time(request: web.Request, name: str) -> datetime | None:
     try:
         value = datetime.fromisoformat(raw)
     except ValueError:
-        raise pagination.BadParameter(name, "must be an ISO 8601 timestamp") from None
+        raise BadInput(name, "must be an ISO 8601 timestamp") from None
     if value.tzinfo is None:
-        raise pagination.BadParameter(name, "must carry a time zone offset (e.g. Z or +00:00)")
-    return value
-
-
-def _optional_int(request: web.Request, name: str) -> int | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
+        raise BadInput(name, "must carry a time zone offset (e.g. Z or +00:00)")
     try:
-        value = int(raw)
-    except ValueError:
-        raise pagination.BadParameter(name, "must be an integer") from None
-    if not 0 < value < 2**63:
-        raise pagination.BadParameter(name, "must be a positive integer")
+        # In UTC now: asyncpg converts on the way out, and 0001-01-01T00:00+01:00 has no UTC year.
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise BadInput(name, "is outside the years 1 to 9999 in UTC") from None
+
+
+def _optional_id(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    return None if raw is None else positive_id(name, raw)
+
+
+def _choice(request: web.Request, name: str, allowed: frozenset[str]) -> str | None:
+    value = request.query.get(name)
+    if value is not None and value not in allowed:
+        raise BadInput(name, f"must be one of {', '.join(sorted(allowed))}")
     return value
+
+
+def _text(request: web.Request, name: str) -> str | None:
+    value = request.query.get(name)
+    if value is None:
+        return None
+    if len(value) > _MAX_TEXT_PARAM:
+        raise BadInput(name, f"must be at most {_MAX_TEXT_PARAM} characters")
+    return badinput.storable(name, value)
 
 
 async def agent_logs(request: web.Request) -> web.Response:
     """Decision log, newest first; filters: agent, conversation_id, status, since, until, tenant_id."""
-    status = request.query.get("status")
-    if status is not None and status not in LOG_STATUSES:
-        raise pagination.BadParameter("status", f"must be one of {', '.join(sorted(LOG_STATUSES))}")
-    before, size = pagination.decode(request.query.get("cursor")), pagination.limit(request.query)
+    status = _choice(request, "status", LOG_STATUSES)
+    pages = pager(request, "agent-logs")
+    before, size = pages.position(request.query.get("cursor")), pagination.limit(request.query)
     async with request.config_dict[appkeys.RUNTIME].pool.acquire() as conn:
-        rows = await conn.fetch(Q.agent_logs, before, size + 1, request.query.get("agent"),
-                                _optional_int(request, "conversation_id"), status, _time(request, "since"),
-                                _time(request, "until"), _optional_int(request, "tenant_id"))
-    return web.json_response(pagination.page(rows, size), dumps=dumps)
+        rows = await conn.fetch(Q.agent_logs, before, size + 1, _text(request, "agent"),
+                                _optional_id(request, "conversation_id"), status, _time(request, "since"),
+                                _time(request, "until"), _optional_id(request, "tenant_id"))
+    return web.json_response(pages.page(rows, size), dumps=dumps)
 
 
 async def list_leads(request: web.Request) -> web.Response:
     phone = phone_param(request)
-    after, size = pagination.decode(request.query.get("cursor")), pagination.limit(request.query)
+    pages = pager(request, "leads")
+    after, size = pages.position(request.query.get("cursor")), pagination.limit(request.query)
     rows = await leads.by_phone(request.config_dict[appkeys.RUNTIME].pool, phone, after, size + 1)
-    return web.json_response(pagination.page(rows, size), dumps=dumps)
+    return web.json_response(pages.page(rows, size), dumps=dumps)
 
 
 async def get_lead(request: web.Request) -> web.Response:
@@ -94,30 +109,20 @@ async def get_lead(request: web.Request) -> web.Response:
 
 async def tag_lead(request: web.Request) -> web.Response:
     lead_id = int_path(request, "id")
-    try:
-        body = TagRequest.model_validate_json(await request.read())
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "body"
-        return json_error(400, f"{field}: {first['msg']}", field)
-    try:
-        pool = request.config_dict[appkeys.RUNTIME].pool
-        lead = await leads.set_tag(pool, lead_id, body.tag, body.actor, body.reason)
-    except leads.TagError as exc:
-        return json_error(400, f"{exc.field} {exc.problem}", exc.field)
+    body = parse_body(TagRequest, await request.read())
+    lead = await leads.set_tag(request.config_dict[appkeys.RUNTIME].pool, lead_id, body.tag, body.actor, body.reason)
     if lead is None:
         return json_error(404, "no such lead", "id")
     return web.json_response(lead, dumps=dumps)
 
 
 async def dead_letters(request: web.Request) -> web.Response:
-    status = request.query.get("status")
-    if status is not None and status not in {"dead", "requeued"}:
-        raise pagination.BadParameter("status", "must be dead or requeued")
-    after, size = pagination.decode(request.query.get("cursor")), pagination.limit(request.query)
+    status = _choice(request, "status", DEAD_LETTER_STATUSES)
+    pages = pager(request, "dead-letters")
+    after, size = pages.position(request.query.get("cursor")), pagination.limit(request.query)
     async with request.config_dict[appkeys.RUNTIME].pool.acquire() as conn:
         rows = await conn.fetch(Q.dead_letters, after, size + 1, status)
-    return web.json_response(pagination.page(rows, size), dumps=dumps)
+    return web.json_response(pages.page(rows, size), dumps=dumps)
 
 
 async def requeue(request: web.Request) -> web.Response:

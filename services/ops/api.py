@@ -12,6 +12,7 @@ from aiohttp import web
 
 from db import migrate, queries
 from services import appkeys, phone
+from services.badinput import BadInput
 from services.httperrors import json_error
 from services.ops import pagination
 from services.runtime import Runtime
@@ -47,17 +48,22 @@ def create_app(*route_tables: list[web.RouteDef]) -> web.Application:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    expected = request.config_dict[appkeys.RUNTIME].api_key
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        response = json_error(401, "missing or invalid bearer token")
+    """401 unless `Authorization: Bearer <operator key>`. Refused input (BadInput) is rendered by the
+    application's error middleware, like the webhooks'."""
+    expected = request.config_dict[appkeys.RUNTIME].api_key.encode()
+    # aiohttp decodes header bytes that are not UTF-8 to lone surrogates: compare bytes, as received.
+    header = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    scheme, _, token = header.partition(b" ")
+    if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), expected):
+        response = json_error(401, "missing or invalid bearer token", "Authorization")
         response.headers["WWW-Authenticate"] = 'Bearer realm="parley"'
         return response
-    try:
-        return await handler(request)
-    except pagination.BadParameter as exc:
-        return json_error(400, f"{exc.field} {exc.problem}", exc.field)
+    return await handler(request)
+
+
+def pager(request: web.Request, listing: str) -> pagination.Pager:
+    """Cursors of the list `listing`, keyed from the operator key."""
+    return pagination.Pager(pagination.cursor_key(_runtime(request).api_key), listing)
 
 
 def _runtime(request: web.Request) -> Runtime:
@@ -92,19 +98,20 @@ async def readyz(request: web.Request) -> web.Response:
 def phone_param(request: web.Request) -> str:
     raw = request.query.get("phone")
     if not raw:
-        raise pagination.BadParameter("phone", "is required (E.164, e.g. +14155550123)")
+        raise BadInput("phone", "is required (E.164, e.g. +14155550123)")
     e164 = phone.to_e164(raw)
     if e164 is None:
-        raise pagination.BadParameter("phone", "is not a valid phone number")
+        raise BadInput("phone", "is not a valid phone number")
     return e164
 
 
 async def list_users(request: web.Request) -> web.Response:
     e164 = phone_param(request)
-    after, size = pagination.decode(request.query.get("cursor")), pagination.limit(request.query)
+    pages = pager(request, "users")
+    after, size = pages.position(request.query.get("cursor")), pagination.limit(request.query)
     async with _runtime(request).pool.acquire() as conn:
         rows = await conn.fetch(Q.users_by_phone, e164, after, size + 1)
-    result = pagination.page(rows, size)
+    result = pages.page(rows, size)
     for item in result["items"]:
         item["opted_out"] = item["consent_state"] == "opted_out"
     return web.json_response(result, dumps=dumps)
@@ -112,30 +119,35 @@ async def list_users(request: web.Request) -> web.Response:
 
 async def list_conversations(request: web.Request) -> web.Response:
     e164 = phone_param(request)
-    after, size = pagination.decode(request.query.get("cursor")), pagination.limit(request.query)
+    pages = pager(request, "conversations")
+    after, size = pages.position(request.query.get("cursor")), pagination.limit(request.query)
     async with _runtime(request).pool.acquire() as conn:
         rows = await conn.fetch(Q.conversations_by_phone, e164, after, size + 1)
-    return web.json_response(pagination.page(rows, size), dumps=dumps)
+    return web.json_response(pages.page(rows, size), dumps=dumps)
 
 
 async def conversation_messages(request: web.Request) -> web.Response:
     conversation_id = int_path(request, "id")
-    after, size = pagination.decode(request.query.get("cursor")), pagination.limit(request.query)
+    # One conversation's messages are their own list: a cursor of another conversation is refused.
+    pages = pager(request, f"conversations/{conversation_id}/messages")
+    after, size = pages.position(request.query.get("cursor")), pagination.limit(request.query)
     async with _runtime(request).pool.acquire() as conn:
         if not await conn.fetchval(Q.conversation_exists, conversation_id):
             return json_error(404, "no such conversation", "id")
         rows = await conn.fetch(Q.conversation_messages, conversation_id, after, size + 1)
-    return web.json_response(pagination.page(rows, size), dumps=dumps)
+    return web.json_response(pages.page(rows, size), dumps=dumps)
+
+
+def positive_id(name: str, raw: str) -> int:
+    """A bigint id (1 to 2^63 - 1) written in ASCII digits, or BadInput naming `name`."""
+    # Length first: int() of thousands of digits is slow, then refused anyway.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not 0 < int(raw) < 2**63:
+        raise BadInput(name, "must be a positive integer id (at most 2^63 - 1)")
+    return int(raw)
 
 
 def int_path(request: web.Request, name: str) -> int:
-    try:
-        value = int(request.match_info[name])
-    except ValueError:
-        raise pagination.BadParameter(name, "must be an integer id") from None
-    if not 0 < value < 2**63:
-        raise pagination.BadParameter(name, "must be a positive integer id")
-    return value
+    return positive_id(name, request.match_info[name])
 
 
 def _default(o: object) -> object:

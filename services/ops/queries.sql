@@ -38,7 +38,7 @@ ORDER BY id LIMIT $3;
 SELECT id, tenant_id, agent, action, conversation_id, message_id, agent_task_id, input, output, implementation,
        model, latency_ms, tokens_in, tokens_out, cost_usd, status, error, created_at
 FROM agent_actions_log
-WHERE ($1 = 0 OR id < $1)
+WHERE ($1::bigint = 0 OR id < $1)
   AND ($3::text IS NULL OR agent = $3)
   AND ($4::bigint IS NULL OR conversation_id = $4)
   AND ($5::text IS NULL OR status = $5)
