@@ -1,14 +1,21 @@
-"""Inbound webhook throughput and latency of `parley serve`, next to the HTTP ceiling of this machine.
+"""Inbound webhook throughput and latency of `parley serve` on realistic traffic, next to the HTTP
+ceiling of this machine, for Twilio SMS and WhatsApp Cloud.
 
-    .venv/bin/python bench/ingest.py [--duration 10] [--rate 1000] [--connections 50] [--json [PATH]]
+    .venv/bin/python bench/ingest.py [--provider both] [--duration 30] [--rate 1000] [--json [PATH]]
+    .venv/bin/python bench/ingest.py --provider twilio --users 500 --new-share 0 --keyword-every 0 \\
+        --duration 10        # the traffic of the issue-2 figures: 500 repeat senders, no keywords
 
-One run starts a fresh PostgreSQL (pgserver, synchronous_commit on), `parley serve` against it, and
-bench/ceiling_app.py (aiohttp that only reads the form and answers empty TwiML). It drives the same
-pre-signed Twilio inbound messages, one unique MessageSid each from 500 senders, at both, from
-processes of its own: a closed loop with C connections (wrk + bench/wrk_signed.lua, or the Python
-client below when wrk is missing), then an open loop at R requests/s whose latency counts from each
-request's scheduled send time, so a server that falls behind shows its queue (no coordinated
-omission). Then it checks that every message parley answered 200 is stored, and prints a table.
+One run starts a fresh PostgreSQL (pgserver, synchronous_commit on), `parley serve` against it (its
+agent worker included, as deployed), and bench/ceiling_app.py (aiohttp that only parses the form or
+the JSON). For each provider it pre-signs the traffic: a pool of known senders, each sending one
+message in the warm-up, then measured phases where a quarter of the messages come from first-time
+senders and one in 200 is a keyword (STOPs from distinct users). Both servers get the same requests,
+from processes of their own: a closed loop with C connections (wrk + bench/wrk_signed.lua, or the
+Python client below when wrk is missing), then an open loop at R requests/s whose latency counts
+from each request's scheduled send time, so a server that falls behind shows its queue (no
+coordinated omission). It records how far behind parley's agents are when each phase stops, checks
+that every message parley answered 200 is stored, that the first-time senders became users and the
+keywords were stored as such, and prints a table. It reads parley's tables, never its code.
 
 The load generator shares the machine's cores with the servers and PostgreSQL, so the absolute
 figures say as much about this machine as about parley: the ratio to the ceiling, measured the same
@@ -469,9 +476,19 @@ class Procs:
             self.stop(proc)
 
 
-def source_fingerprint() -> str:
+def parley_root() -> Path:
+    """The tree whose code `parley serve` runs: the one `services` imports from (PYTHONPATH first)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("services")
+    if spec is None or spec.origin is None:
+        return BENCH.parent
+    return Path(spec.origin).resolve().parent.parent
+
+
+def source_fingerprint(root: Path) -> str:
     """A short hash of parley's code (services/, db/, agents/: .py and .sql), to tell runs apart."""
-    root, digest = BENCH.parent, hashlib.sha256()
+    digest = hashlib.sha256()
     for top in ("services", "db", "agents"):
         for path in sorted((root / top).rglob("*")):
             if path.suffix in (".py", ".sql") and path.is_file():
@@ -1152,11 +1169,11 @@ def ratio_of(res: dict[str, dict[str, Any]]) -> tuple[dict[str, float], float]:
 def summary(run: Run, check: dict[str, Any]) -> list[str]:
     """The figures the issue sets targets for, one column per provider."""
     a, names = run.args, run.args.providers
-    cols = "".join(f"{PROVIDERS[n].label:>18s}" for n in names)
-    lines = [f"{'':34s}{cols}   target"]
+    cols = "".join(f"{PROVIDERS[n].label:>20s}" for n in names)
+    lines = [f"{'':38s}{cols}   target"]
 
     def row(label: str, values: list[str], target: str = "") -> None:
-        lines.append(f"{label:34s}" + "".join(f"{v:>18s}" for v in values) + (f"   {target}" if target else ""))
+        lines.append(f"{label:38s}" + "".join(f"{v:>20s}" for v in values) + (f"   {target}" if target else ""))
 
     ratios = [ratio_of(run.results[n])[1] for n in names]
     rps = [ratio_of(run.results[n])[0] for n in names]
@@ -1176,6 +1193,8 @@ def summary(run: Run, check: dict[str, Any]) -> list[str]:
          ("LOST " + str(check[n]["total"]["lost"]) if check[n]["total"]["lost"] else "COUNTS DIFFER") for n in names])
     row("first-time senders were new users",
         ["OK" if all(check[n][ph]["senders_ok"] for ph in PHASES) else "MISMATCH" for n in names])
+    row("keywords stored as keywords",
+        ["OK" if all(check[n][ph]["keywords_ok"] for ph in PHASES) else "MISMATCH" for n in names])
     row("agents behind when closed loop ends",
         [_behind(run.results[n]["parley"]["closed"]) for n in names])
     row("agents behind when open loop ends",
@@ -1476,7 +1495,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.wait_quiet:
             log(f"other processes use {wait_quiet(a.wait_quiet):.2f} cores")
-        fingerprint = source_fingerprint()  # the tree may be edited while this runs: which code was measured
+        root = parley_root()
+        fingerprint = source_fingerprint(root)  # the tree may be edited while this runs: which code was measured
         start(run)
         version = sql(
             run.dsn,
@@ -1485,7 +1505,7 @@ def main(argv: list[str] | None = None) -> int:
         )[0]
         meta = {
             "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
-            "source": fingerprint,
+            "source": f"{fingerprint} ({root})",
             "postgres": f"{version['v']}: synchronous_commit={version['sc']}, fsync={version['f']}, "
             f"wal_sync_method={version['m']}",
             "signature_us": signature_cost_us(),
