@@ -1009,14 +1009,20 @@ def settle(run: Run, target: str, result: dict[str, Any]) -> None:
         row = agent_state(run.dsn, ("messages", "backlog"))
         if (row["messages"], row["backlog"]) != last:
             last, stable_since = (row["messages"], row["backlog"]), time.monotonic()
-        # Done when nothing moves any more: no backlog, or one that no worker takes (PARLEY_WORKERS=0).
-        if time.monotonic() - stable_since >= (1 if not row["backlog"] else 3):
+        # Done when the backlog is gone, or, with no agent worker in parley (PARLEY_WORKERS=0), when
+        # nothing moves any more. (A backlog that holds still for seconds is no sign the worker is
+        # idle: on a busy machine one batch of agent work can take that long.)
+        if time.monotonic() - stable_since >= 1 and (not row["backlog"] or agents_off(run.args)):
             break
         time.sleep(0.25)
     result["settle_s"] = time.monotonic() - started
     result["agent_backlog_after_settle"] = last[1] if last else None
     result["state_after_settle"] = agent_state(run.dsn)
     log(f"parley settled in {result['settle_s']:.1f}s, agent backlog {result['agent_backlog_after_settle']}")
+
+
+def agents_off(a: argparse.Namespace) -> bool:
+    return any(kv.replace(" ", "") == "PARLEY_WORKERS=0" for kv in a.parley_env)
 
 
 def verify(run: Run) -> dict[str, Any]:
@@ -1199,7 +1205,21 @@ def summary(run: Run, check: dict[str, Any]) -> list[str]:
         [_behind(run.results[n]["parley"]["closed"]) for n in names])
     row("agents behind when open loop ends",
         [_behind(run.results[n]["parley"]["open"]) for n in names])
+    row("  caught up after closed / open", [
+        f"{fmt(run.results[n]['parley']['closed'].get('settle_s'), '.0f')}s / "
+        f"{fmt(run.results[n]['parley']['open'].get('settle_s'), '.0f')}s" for n in names])
+    row("phases disturbed (other CPU > 0.15)", [", ".join(noisy_phases(run.results[n])) or "none" for n in names])
     return lines
+
+
+def noisy_phases(res: dict[str, dict[str, Any]]) -> list[str]:
+    """The measured phases during which something outside the run took CPU: unreliable figures."""
+    return [
+        f"{t[0]}-{ph}"  # c-closed: the ceiling's closed loop, p-open: parley's open loop
+        for t in TARGETS
+        for ph in ("closed", "open")
+        if res[t][ph]["cpu_cores"]["other processes"] > 0.15 or res[t][ph]["cpu_cores"]["stolen"] > 0.15
+    ]
 
 
 def _behind(r: dict[str, Any]) -> str:
