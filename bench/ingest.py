@@ -1067,7 +1067,8 @@ def verify(run: Run) -> dict[str, Any]:
             users_after = r.get("state_after_settle", {}).get("users")
             senders = {ln.sender for ln in lines.values()}
             row["new_users"] = None if users_after is None else users_after - users_before
-            row["first_time_sent"] = sum(ln.new for ln in plan[: r["sent"]])
+            # (The open-loop client's requests never sent, still queued when it gave up, are its last.)
+            row["first_time_sent"] = sum(ln.new for ln in plan[: r["sent"] - r.get("never_sent", 0)])
             keyworded = stored_keywords(run, provider, payloads.phase_prefix(phase))
             row["keywords_stored"] = None if keyworded is None else len(keyworded)
             if r.get("wrapped"):  # repeated ids: which line a stored message came from is unknown
