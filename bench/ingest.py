@@ -1479,9 +1479,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--settle",
         type=float,
-        default=180,
+        default=300,
         metavar="S",
-        help="after each parley phase, wait up to S seconds for its agent backlog to drain (default 180)",
+        help="after each parley phase, wait up to S seconds for its agent backlog to drain (default 300: "
+        "30 s of closed loop can queue minutes of agent work)",
     )
     parser.add_argument(
         "--wait-quiet",
