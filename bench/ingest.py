@@ -1209,14 +1209,15 @@ def summary(run: Run, check: dict[str, Any]) -> list[str]:
     row("  caught up after closed / open", [
         f"{fmt(run.results[n]['parley']['closed'].get('settle_s'), '.0f')}s / "
         f"{fmt(run.results[n]['parley']['open'].get('settle_s'), '.0f')}s" for n in names])
-    row("phases disturbed (other CPU > 0.15)", [", ".join(noisy_phases(run.results[n])) or "none" for n in names])
+    row("measured phases disturbed", [f"{len(noisy_phases(run.results[n]))} of 4" for n in names],
+        "other processes took > 0.15 cores: see the CPU lines")
     return lines
 
 
 def noisy_phases(res: dict[str, dict[str, Any]]) -> list[str]:
     """The measured phases during which something outside the run took CPU: unreliable figures."""
     return [
-        f"{t[0]}-{ph}"  # c-closed: the ceiling's closed loop, p-open: parley's open loop
+        f"{t} {ph}"
         for t in TARGETS
         for ph in ("closed", "open")
         if res[t][ph]["cpu_cores"]["other processes"] > 0.15 or res[t][ph]["cpu_cores"]["stolen"] > 0.15
@@ -1310,7 +1311,6 @@ def provider_report(run: Run, name: str, check: dict[str, Any]) -> list[str]:
             f"   (after a {max(10, a.duration)}s drain; parley: {P['open']['never_sent']} never sent, still queued)"
         )
     lines += ["", f"CPU, in cores (of {os.cpu_count()}), during each phase:"]
-    noisy = []
     for t in TARGETS:
         for ph in ("closed", "open"):
             cpu = res[t][ph]["cpu_cores"]
@@ -1319,8 +1319,7 @@ def provider_report(run: Run, name: str, check: dict[str, Any]) -> list[str]:
                 + ", ".join(f"{k} {fmt(v, '.2f')}" for k, v in cpu.items())
                 + f"; server waited for a CPU {res[t][ph]['server_cpu_wait_per_s']:.2f} s/s"
             )
-            if cpu["other processes"] > 0.15 or cpu["stolen"] > 0.15:
-                noisy.append(f"{t} {ph}")
+    noisy = noisy_phases(res)
     if noisy:
         lines.append(
             f"  !!! other processes or the hypervisor took CPU during: {', '.join(noisy)}; "
