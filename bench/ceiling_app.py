@@ -1,10 +1,11 @@
-"""The HTTP ceiling for bench/ingest.py: the least an aiohttp webhook can do per request.
+"""The HTTP ceilings for bench/ingest.py: the least an aiohttp webhook can do per request.
 
-It reads the form (`await request.post()`) and answers Twilio's empty TwiML, as `parley serve` does,
-with the same server settings (uvloop when installed, as `parley serve` uses it; no access log), and
-nothing else: no signature check, no database. Whatever parley reaches below this figure is the cost
-of its own work. (On the default asyncio loop this app is about 6% slower, which would flatter the
-ratio.)
+POST /webhooks/twilio reads the form (`await request.post()`) and answers Twilio's empty TwiML;
+POST /webhooks/whatsapp reads the body, parses the JSON and answers the JSON `parley serve` answers.
+Both run with parley's server settings (uvloop when installed, as `parley serve` uses it; no access
+log), and do nothing else: no signature check, no database. Whatever parley reaches below these
+figures is the cost of its own work. (On the default asyncio loop this app is about 6% slower, which
+would flatter the ratio.) bench/README.md says why the ceilings check no signature.
 
     python bench/ceiling_app.py --host 127.0.0.1 --port 8099
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 
 from aiohttp import web
 
@@ -24,13 +26,24 @@ async def inbound(request: web.Request) -> web.Response:
     return web.Response(text=EMPTY_TWIML, content_type="text/xml")
 
 
+async def whatsapp(request: web.Request) -> web.Response:
+    delivery = json.loads(await request.read())
+    received = sum(len(change.get("value", {}).get("messages", ())) for entry in delivery.get("entry", ())
+                   for change in entry.get("changes", ()))
+    return web.json_response({"received": received, "statuses": 0})
+
+
 async def ready(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
 def create_app() -> web.Application:
     app = web.Application()
-    app.add_routes([web.post("/webhooks/twilio", inbound), web.get("/readyz", ready)])
+    app.add_routes([
+        web.post("/webhooks/twilio", inbound),
+        web.post("/webhooks/whatsapp", whatsapp),
+        web.get("/readyz", ready),
+    ])
     return app
 
 

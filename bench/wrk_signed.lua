@@ -1,8 +1,11 @@
--- wrk script for bench/ingest.py: replays pre-signed Twilio inbound webhooks, one unique MessageSid each.
+-- wrk script for bench/ingest.py: replays pre-signed inbound webhooks, one unique message id each.
 --
---   wrk -t T -c C -d 10s -s bench/wrk_signed.lua http://127.0.0.1:PORT/webhooks/twilio -- PREFIX
+--   wrk -t T -c C -d 10s -s bench/wrk_signed.lua http://127.0.0.1:PORT/webhooks/twilio -- PREFIX \
+--       [SIGNATURE_HEADER [CONTENT_TYPE]]
 --
--- Thread i reads PREFIX.i: one request a line, "<X-Twilio-Signature>\t<urlencoded body>". The requests
+-- Thread i reads PREFIX.i: one request a line, "<signature>\t<body>"; the signature goes in
+-- SIGNATURE_HEADER (default X-Twilio-Signature), the body is sent as CONTENT_TYPE (default the
+-- urlencoded form): X-Hub-Signature-256 and application/json for WhatsApp Cloud. The requests
 -- are formatted once in init(), so request() only hands over a prebuilt string. A thread that runs out
 -- of bodies starts over (a repeated MessageSid) and counts it in `wrapped`, which ingest.py reports.
 -- done() prints one line, "WRK_JSON {...}", with wrk's figures and the per-thread counters.
@@ -18,12 +21,14 @@ end
 
 function init(args)
    local path = args[1] .. "." .. tid
+   local header = args[2] or "X-Twilio-Signature"
+   local content_type = args[3] or "application/x-www-form-urlencoded"
    requests = {}
    for line in io.lines(path) do
       local tab = line:find("\t", 1, true)
       local headers = {
-         ["Content-Type"] = "application/x-www-form-urlencoded",
-         ["X-Twilio-Signature"] = line:sub(1, tab - 1),
+         ["Content-Type"] = content_type,
+         [header] = line:sub(1, tab - 1),
       }
       requests[#requests + 1] = wrk.format("POST", wrk.path, headers, line:sub(tab + 1))
    end
