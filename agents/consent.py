@@ -51,7 +51,7 @@ async def settle(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> None:
         state.setdefault(o.user_id, ConsentState(r["consent_state"]))
         latest.setdefault(o.user_id, ("change", r["change_id"]))
 
-    # Opt-outs in message order, as the user sent them; the batch writes them before any reply.
+    # Opt-outs in message order, as the user sent them.
     for o in sorted(acting, key=lambda o: o.message_id):
         if o.consent is not ConsentState.OPTED_OUT:
             continue
@@ -68,7 +68,8 @@ async def settle(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> None:
         o.consent_reason = None
         _mark_skipped(o, lambda e: e.agent == "consent" and e.action == "opt_out", "applied", why)
 
-    # Replies against the consent the batch commits with.
+    # Replies against the consent the batch commits with, so the order the batch then writes in does
+    # not matter.
     for o in acting:
         kept: list[replies.Reply] = []
         for reply in o.replies:
