@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from agents import decision_log, leads, replies, signals
+from agents import consent, decision_log, leads, replies, signals
 from agents.decision_log import Entry, Status
 from agents.intent import Classification, Classifier, Intent
 from agents.summarizer import Direction, Summarizer, SummaryInput
@@ -177,11 +177,12 @@ class Pipeline:
         if opted_out_now or out.consent is ConsentState.OPTED_OUT:
             key = f"opt_out:{row['consent_change_id']}" if opted_out_now else f"opt_out:message:{out.message_id}"
             self._reply(out, base, replies.Reason.OPT_OUT_CONFIRMATION,
-                        replies.confirmation(replies.Reason.OPT_OUT_CONFIRMATION, language), key)
+                        replies.confirmation(replies.Reason.OPT_OUT_CONFIRMATION, language), key,
+                        row["consent_change_id"] if opted_out_now else None)
         elif keyword == "opt_in" and row["consent_change_id"] is not None:
             self._reply(out, base, replies.Reason.OPT_IN_CONFIRMATION,
                         replies.confirmation(replies.Reason.OPT_IN_CONFIRMATION, language),
-                        f"opt_in:{row['consent_change_id']}")
+                        f"opt_in:{row['consent_change_id']}", row["consent_change_id"])
         elif keyword == "help" or (result.intent is Intent.HELP and keyword is None):
             if state is ConsentState.OPTED_OUT:
                 # After an opt-out nothing is sent but its one confirmation, HELP answers included.
@@ -201,8 +202,10 @@ class Pipeline:
         out.events.append(events.Event(out.tenant_id, "intent.possible_opt_out", out.conversation_id,
                                        out.user_id, out.message_id, {}))
 
-    def _reply(self, out: Outcome, base: dict[str, Any], reason: replies.Reason, body: str, key: str) -> None:
-        reply = replies.Reply(out.tenant_id, out.conversation_id, out.user_id, body, reason, out.message_id, key)
+    def _reply(self, out: Outcome, base: dict[str, Any], reason: replies.Reason, body: str, key: str,
+               confirms: int | None = None) -> None:
+        reply = replies.Reply(out.tenant_id, out.conversation_id, out.user_id, body, reason, out.message_id, key,
+                              confirms)
         out.replies.append(reply)
         out.log.append(Entry(**base, agent="responder", action="queue_reply", input={"reason": reason.value},
                              output={"body": body, "priority": reply.priority, "dedupe_key": key},
@@ -274,6 +277,8 @@ class Pipeline:
         async with pool.acquire() as conn, conn.transaction():
             owned = await claim.lock_owned(conn)
             mine = [o for o in outcomes if o.task_id in owned]
+            # Consent may have changed since the batch decided: hold its decisions to the committed state.
+            await consent.settle(conn, mine)
             entries: list[Entry] = []
             evts: list[events.Event] = []
             for o in mine:

@@ -49,6 +49,8 @@ class Reply:
     reason: Reason
     source_message_id: int
     dedupe_key: str
+    # The consent change a confirmation confirms; None for one this batch's own opt-out causes.
+    confirms: int | None = None
 
     @property
     def priority(self) -> int:
@@ -56,7 +58,8 @@ class Reply:
 
     @property
     def compliance(self) -> bool:
-        """Consent confirmations are the only messages that may reach an opted-out user."""
+        """Consent confirmations are the only messages that may bypass consent and quiet hours (the
+        database ties the two: message_queue_compliance_is_confirmation)."""
         return self.reason is not Reason.HELP
 
 

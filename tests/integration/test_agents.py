@@ -123,6 +123,7 @@ async def test_opt_out_gets_one_confirmation_and_nothing_after_it(client, db):
 
 async def test_start_after_stop_queues_an_opt_in_confirmation(client, db):
     await say(client, "STOP", 1)
+    await drain(client)  # processed in time; a late pair confirms only the latest (tests/integration/test_consent.py)
     await say(client, "START", 2)
     await drain(client)
     reasons = [r["reason"] for r in await db.fetch("SELECT reason FROM message_queue ORDER BY id")]
