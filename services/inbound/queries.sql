@@ -26,36 +26,54 @@ WITH input AS (
               wa_id text, wa_user_id text, wa_parent_user_id text, wa_username text, kw text, word text)
 ), fresh AS (
     -- One row per new provider message id (a batch may carry a redelivery of its own message).
+    -- A scalar subquery, not NOT EXISTS: one index probe per message, never a scan of messages.
     SELECT DISTINCT ON (i.provider, i.provider_message_id) i.* FROM input i
-    WHERE NOT EXISTS (SELECT 1 FROM messages m
-                      WHERE m.provider = i.provider AND m.provider_message_id = i.provider_message_id)
+    WHERE (SELECT true FROM messages m
+           WHERE m.provider = i.provider AND m.provider_message_id = i.provider_message_id) IS NULL
     ORDER BY i.provider, i.provider_message_id, i.n
-), sender AS (
-    -- who: the user's id when it exists, else the key of the unique index that will hold it.
-    SELECT d.s, d.tenant_id, a.id IS NOT NULL AS attach, COALESCE(d.known_id, a.id) AS existing_id,
-           COALESCE(COALESCE(d.known_id, a.id)::text,
+), found AS MATERIALIZED (
+    -- One row per sender, found as its message alone would find it: its user's row as it is. Only the
+    -- lookup that applies runs, once per sender (materialized: inlined, the planner would repeat the
+    -- CASE at every use of its result).
+    SELECT d.*, (d.cur).id AS known_id, (d.cur).profile_name AS cur_profile_name, (d.cur).wa_id AS cur_wa_id,
+           (d.cur).wa_user_id AS cur_wa_user_id, (d.cur).wa_parent_user_id AS cur_wa_parent_user_id,
+           (d.cur).wa_username AS cur_wa_username
+    FROM (SELECT d.*, CASE
+              WHEN d.phone IS NOT NULL THEN
+                  (SELECT u FROM users u WHERE u.tenant_id = d.tenant_id AND u.phone = d.phone)
+              WHEN d.wa_user_id IS NOT NULL THEN
+                  (SELECT u FROM users u WHERE u.tenant_id = d.tenant_id AND u.wa_user_id = d.wa_user_id
+                   ORDER BY (u.phone IS NOT NULL) DESC, u.id LIMIT 1)
+              ELSE (SELECT u FROM users u WHERE u.tenant_id = d.tenant_id AND u.wa_username = d.wa_username
+                    ORDER BY (u.phone IS NOT NULL) DESC, u.id LIMIT 1)
+              END AS cur
+          FROM (SELECT DISTINCT ON (f.s) f.s, f.tenant_id, f.phone, f.wa_user_id, f.wa_username
+                FROM fresh f ORDER BY f.s) d
+          OFFSET 0) d
+), sender AS MATERIALIZED (
+    -- A phone with the BSUID of a phone-less user is attached to that user. who: the user's id when it
+    -- exists, else the key of the unique index that will hold the new one.
+    SELECT d.s, d.tenant_id, d.cur_profile_name, d.cur_wa_id, d.cur_wa_user_id, d.cur_wa_parent_user_id,
+           d.cur_wa_username, COALESCE(d.known_id, d.attach_id) AS existing_id, d.attach_id IS NOT NULL AS attach,
+           COALESCE(COALESCE(d.known_id, d.attach_id)::text,
                     CASE WHEN d.phone IS NOT NULL THEN 'p' || d.phone
                          WHEN d.wa_user_id IS NOT NULL THEN 'b' || d.wa_user_id ELSE 'u' || d.wa_username END) AS who
-    FROM (
-        SELECT d.*, CASE
-            WHEN d.phone IS NOT NULL THEN
-                (SELECT u.id FROM users u WHERE u.tenant_id = d.tenant_id AND u.phone = d.phone)
-            WHEN d.wa_user_id IS NOT NULL THEN
-                (SELECT u.id FROM users u WHERE u.tenant_id = d.tenant_id AND u.wa_user_id = d.wa_user_id
-                 ORDER BY (u.phone IS NOT NULL) DESC, u.id LIMIT 1)
-            ELSE (SELECT u.id FROM users u WHERE u.tenant_id = d.tenant_id AND u.wa_username = d.wa_username
-                  ORDER BY (u.phone IS NOT NULL) DESC, u.id LIMIT 1)
-            END AS known_id
-        FROM (SELECT DISTINCT ON (f.s) f.s, f.tenant_id, f.phone, f.wa_user_id, f.wa_username
-              FROM fresh f ORDER BY f.s) d
-    ) d
-    LEFT JOIN users a ON d.known_id IS NULL AND d.phone IS NOT NULL AND a.tenant_id = d.tenant_id
-                     AND a.wa_user_id = d.wa_user_id AND a.phone IS NULL
+    FROM (SELECT d.*, CASE WHEN d.known_id IS NULL AND d.phone IS NOT NULL AND d.wa_user_id IS NOT NULL THEN
+                     (SELECT u.id FROM users u WHERE u.tenant_id = d.tenant_id AND u.wa_user_id = d.wa_user_id
+                                                 AND u.phone IS NULL) END AS attach_id
+          FROM found d OFFSET 0) d  -- OFFSET 0: attach_id is used thrice; it is looked up once
 ), sent AS (
-    SELECT f.*, d.who, d.existing_id, d.attach FROM fresh f JOIN sender d ON d.s = f.s
+    -- refresh: the message changes its known user's row (a phone attached, a profile field changed).
+    SELECT f.*, d.who, d.existing_id, d.attach,
+           d.attach OR (f.profile_name IS NOT NULL AND f.profile_name IS DISTINCT FROM d.cur_profile_name)
+                    OR (f.wa_id IS NOT NULL AND f.wa_id IS DISTINCT FROM d.cur_wa_id)
+                    OR (f.wa_user_id IS NOT NULL AND f.wa_user_id IS DISTINCT FROM d.cur_wa_user_id)
+                    OR (f.wa_parent_user_id IS NOT NULL AND f.wa_parent_user_id IS DISTINCT FROM d.cur_wa_parent_user_id)
+                    OR (f.wa_username IS NOT NULL AND f.wa_username IS DISTINCT FROM d.cur_wa_username) AS refresh
+    FROM fresh f JOIN sender d ON d.s = f.s
 ), person AS (
     -- A user as its messages leave it: each field's latest value, as one message after another would.
-    SELECT tenant_id, who, existing_id, bool_or(attach) AS attach,
+    SELECT tenant_id, who, existing_id, bool_or(attach) AS attach, bool_or(refresh) AS refresh,
            (array_agg(phone ORDER BY n DESC) FILTER (WHERE phone IS NOT NULL))[1] AS phone,
            (array_agg(time_zone ORDER BY n DESC) FILTER (WHERE time_zone IS NOT NULL))[1] AS time_zone,
            (array_agg(profile_name ORDER BY n DESC) FILTER (WHERE profile_name IS NOT NULL))[1] AS profile_name,
@@ -66,22 +84,12 @@ WITH input AS (
            (array_agg(wa_username ORDER BY n DESC) FILTER (WHERE wa_username IS NOT NULL))[1] AS wa_username,
            COALESCE(bool_or(kw IN ('opt_out', 'opt_in', 'yes')), false) AS consents
     FROM sent GROUP BY tenant_id, who, existing_id
-), known AS (
-    -- Known users, and what this batch changes of them: consent (read under their lock), a phone
-    -- attached, a new profile.
-    SELECT p.existing_id AS id, p.attach, p.consents,
-           p.attach OR (p.profile_name IS NOT NULL AND p.profile_name IS DISTINCT FROM u.profile_name)
-                    OR (p.wa_id IS NOT NULL AND p.wa_id IS DISTINCT FROM u.wa_id)
-                    OR (p.wa_user_id IS NOT NULL AND p.wa_user_id IS DISTINCT FROM u.wa_user_id)
-                    OR (p.wa_parent_user_id IS NOT NULL AND p.wa_parent_user_id IS DISTINCT FROM u.wa_parent_user_id)
-                    OR (p.wa_username IS NOT NULL AND p.wa_username IS DISTINCT FROM u.wa_username) AS refresh
-    FROM person p JOIN users u ON u.id = p.existing_id
 ), locked AS (
-    -- Read as they are now, not as the snapshot has them: a consent change committed since the
-    -- statement began is what a keyword here moves on from. NO KEY UPDATE leaves the foreign-key checks
-    -- of other batches' conversations and messages unblocked.
-    SELECT u.id, u.consent_state, n.refresh FROM users u JOIN known n ON n.id = u.id
-    WHERE (n.consents OR n.refresh) AND (NOT n.attach OR u.phone IS NULL)
+    -- The known users this batch changes, read as they are now, not as the snapshot has them: a consent
+    -- change committed since the statement began is what a keyword here moves on from. NO KEY UPDATE
+    -- leaves the foreign-key checks of other batches' conversations and messages unblocked.
+    SELECT u.id, u.consent_state, p.refresh FROM users u JOIN person p ON p.existing_id = u.id
+    WHERE (p.consents OR p.refresh) AND (NOT p.attach OR u.phone IS NULL)
     ORDER BY u.id FOR NO KEY UPDATE OF u
 ), keyed AS (
     -- The state each keyword finds: that of the last STOP/START before it in the batch (or the user's
@@ -127,13 +135,13 @@ WITH input AS (
                    WHEN wa_user_id IS NOT NULL THEN 'b' || wa_user_id ELSE 'u' || wa_username END AS who
 ), resolved AS (
     SELECT p.tenant_id, p.who, p.consents,
-           COALESCE(l.id, b.id, CASE WHEN n.id IS NULL OR NOT (n.consents OR n.refresh) THEN p.existing_id END)
-               AS user_id
+           COALESCE(l.id, b.id, CASE WHEN NOT (p.consents OR p.refresh) THEN p.existing_id END) AS user_id
     FROM person p
-    LEFT JOIN known n ON n.id = p.existing_id
     LEFT JOIN locked l ON l.id = p.existing_id
     LEFT JOIN born b ON p.existing_id IS NULL AND b.tenant_id = p.tenant_id AND b.who = p.who
     WHERE (SELECT count(*) FROM born) >= 0
+), placed AS (
+    SELECT s.*, r.user_id, r.consents FROM sent s JOIN resolved r ON r.tenant_id = s.tenant_id AND r.who = s.who
 ), touched AS (
     UPDATE users u SET profile_name = COALESCE(p.profile_name, u.profile_name), wa_id = COALESCE(p.wa_id, u.wa_id),
                        wa_user_id = COALESCE(p.wa_user_id, u.wa_user_id),
@@ -149,9 +157,8 @@ WITH input AS (
     WHERE u.id = l.id AND (l.refresh OR f.consent IS NOT NULL)
 ), conv AS (
     INSERT INTO conversations (tenant_id, user_id, channel_id, last_message_at, last_inbound_at)
-    SELECT DISTINCT r.tenant_id, r.user_id, s.channel_id, now(), now()
-    FROM sent s JOIN resolved r ON r.tenant_id = s.tenant_id AND r.who = s.who
-    WHERE r.user_id IS NOT NULL
+    SELECT DISTINCT p.tenant_id, p.user_id, p.channel_id, now(), now()
+    FROM placed p WHERE p.user_id IS NOT NULL
     ORDER BY 1, 2, 3
     ON CONFLICT ON CONSTRAINT conversations_tenant_user_channel_key
     DO UPDATE SET last_message_at = now(), last_inbound_at = now(), status = 'active'
@@ -161,9 +168,8 @@ WITH input AS (
                           message_type, body, media, details, status, segments, keyword, raw, provider_sent_at)
     SELECT s.tenant_id, c.id, 'inbound', s.provider, s.provider_message_id, s.message_type, s.body, s.media,
            s.details, 'received', s.segments, d.keyword, s.raw, s.provider_sent_at
-    FROM sent s
-    JOIN resolved r ON r.tenant_id = s.tenant_id AND r.who = s.who
-    JOIN conv c ON c.tenant_id = s.tenant_id AND c.user_id = r.user_id AND c.channel_id = s.channel_id
+    FROM placed s
+    JOIN conv c ON c.tenant_id = s.tenant_id AND c.user_id = s.user_id AND c.channel_id = s.channel_id
     LEFT JOIN decided d ON d.n = s.n
     WHERE (SELECT count(*) FROM conv) >= 0
     ORDER BY s.n  -- ids in arrival order: the agents work through a conversation in id order
@@ -171,10 +177,9 @@ WITH input AS (
     RETURNING id, tenant_id, conversation_id, provider, provider_message_id, keyword
 ), stored AS (
     SELECT m.id, m.tenant_id, m.conversation_id, m.keyword, s.n, s.provider, s.channel_id, s.message_type,
-           s.max_attempts, s.word, r.user_id, d.consent
+           s.max_attempts, s.word, s.user_id, d.consent
     FROM msg m
-    JOIN sent s ON s.provider = m.provider AND s.provider_message_id = m.provider_message_id
-    JOIN resolved r ON r.tenant_id = s.tenant_id AND r.who = s.who
+    JOIN placed s ON s.provider = m.provider AND s.provider_message_id = m.provider_message_id
     LEFT JOIN decided d ON d.n = s.n
 ), history AS (
     INSERT INTO consent_changes (tenant_id, user_id, state, source, keyword, message_id, changed_by)
@@ -205,8 +210,8 @@ WITH input AS (
     -- sequence that never happened. Either way: run again.
     SELECT parley_retry_if(
         EXISTS (SELECT 1 FROM resolved WHERE user_id IS NULL)
-        OR EXISTS (SELECT 1 FROM sent s JOIN resolved r ON r.tenant_id = s.tenant_id AND r.who = s.who
-                   WHERE r.consents AND NOT EXISTS (
+        OR EXISTS (SELECT 1 FROM placed s
+                   WHERE s.consents AND NOT EXISTS (
                        SELECT 1 FROM msg m
                        WHERE m.provider = s.provider AND m.provider_message_id = s.provider_message_id)),
         'a sender or keyword of this batch was written by another transaction') AS ok
