@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     # commit and WAL flush is shared by all the messages that arrived while the previous batch was
     # being written; two measured 2-5% slower on 2 cores (README, Performance).
     ingest_writers: Annotated[int, Field(ge=1, le=64)] = Field(1, alias="PARLEY_INGEST_WRITERS")
+    # Messages one lane may hold waiting for the database; beyond it webhooks are refused (503) rather
+    # than held in memory. A healthy lane holds a few to a few dozen (one per webhook in flight).
+    ingest_queue_max: Annotated[int, Field(ge=1, le=1_000_000)] = Field(1000, alias="PARLEY_INGEST_QUEUE_MAX")
     # Webhook processes of `parley serve` on its one port; the first also runs the agents.
     processes: Annotated[int, Field(ge=1, le=64)] = Field(1, alias="PARLEY_PROCESSES")
     workers: Annotated[int, Field(ge=0, le=64)] = Field(1, alias="PARLEY_WORKERS")

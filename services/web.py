@@ -31,7 +31,8 @@ def create_app(settings: Settings, *, background: tuple[BackgroundFactory, ...] 
         async with runtime_mod.open_runtime(settings) as runtime:
             app[appkeys.RUNTIME] = runtime
             app[appkeys.DIRECTORY] = Directory(runtime.pool)
-            batcher = Batcher(runtime.pool, writers=min(settings.ingest_writers, settings.db_pool_size - 1))
+            batcher = Batcher(runtime.pool, writers=min(settings.ingest_writers, settings.db_pool_size - 1),
+                              queue_max=settings.ingest_queue_max)
             app[appkeys.BATCHER] = batcher
             batcher.start()
             try:

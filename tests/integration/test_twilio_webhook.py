@@ -414,7 +414,7 @@ async def test_known_senders_concurrent_messages_are_group_committed_each_exactl
         msgs = [twilio.parse_inbound(sms_pairs(f"m{n}", f"SM{100 + n:032x}", from_=senders[n % 5]))
                 for n in range(50)]
         msgs += msgs[:7]  # redeliveries inside the same batch
-        waiting = asyncio.gather(*[batcher.submit(channel, m, {}, 5) for m in msgs])
+        waiting = asyncio.gather(*[batcher.submit(channel, m, None, 5) for m in msgs])
         await asyncio.sleep(0)  # every submit has queued its message; none is answered yet
         assert batcher.in_flight == 57 and batcher.saturated()  # what the agents in `serve` give way to
         results = await waiting
@@ -451,7 +451,7 @@ async def test_stopping_the_batcher_first_writes_what_is_queued(client, db):
     batcher = Batcher(client.app[appkeys.RUNTIME].pool, writers=2)
     batcher.start()
     msgs = [twilio.parse_inbound(sms_pairs(f"q{n}", f"SM{0xe3000 + n:032x}")) for n in range(20)]
-    waiting = asyncio.gather(*[batcher.submit(channel, m, {}, 5) for m in msgs])
+    waiting = asyncio.gather(*[batcher.submit(channel, m, None, 5) for m in msgs])
     await asyncio.sleep(0)  # queued, not yet written
     await batcher.stop()
     assert waiting.done()
@@ -459,7 +459,7 @@ async def test_stopping_the_batcher_first_writes_what_is_queued(client, db):
     assert await db.fetchval("SELECT count(*) FROM messages") == 21
 
 
-async def test_new_sender_in_a_batch_takes_the_full_path(client, db):
+async def test_new_sender_in_a_batch_is_created_by_the_group_commit(client, db):
     from services import appkeys
     from services.channels import twilio
 
@@ -467,13 +467,15 @@ async def test_new_sender_in_a_batch_takes_the_full_path(client, db):
     channel = await client.app[appkeys.DIRECTORY].route_twilio(
         twilio.parse_inbound(sms_pairs("x", "SM" + "0" * 32)).channel_kind, "+14155550100", None,
         support.ACCOUNT_SID)
-    assert await batcher.submit(channel, twilio.parse_inbound(sms_pairs("hi", "SM" + "e1" * 16)), {}, 5) is None
-    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+    written = await batcher.submit(channel, twilio.parse_inbound(sms_pairs("hi", "SM" + "e1" * 16)), None, 5)
+    assert written.message_id == await db.fetchval("SELECT id FROM messages")
+    assert written.user_id == await db.fetchval("SELECT id FROM users WHERE phone = '+14155550101'")
+    assert await db.fetchval("SELECT time_zone FROM users") == "America/Los_Angeles"
 
 
 async def test_nul_characters_are_stored_as_replacement_characters(client, db):
     # PostgreSQL text cannot hold NUL: such a message used to fail its write (and its whole batch).
-    for sid in ("SM" + "f0" * 16, "SM" + "f1" * 16):  # the first creates the user; the second is batched
+    for sid in ("SM" + "f0" * 16, "SM" + "f1" * 16):  # the first creates the user; the second finds it
         resp = await post_twilio(client, sms_pairs("a\x00b", sid) + [("X\x00Extra", "\x00")])
         assert resp.status == 200
     rows = await db.fetch("SELECT body, raw FROM messages ORDER BY id")
@@ -527,11 +529,10 @@ async def test_every_stored_message_is_logged_with_its_ids(client, db, caplog):
     duplicates: list[str] = []
     for record in caplog.records:
         if record.getMessage() == "inbound stored":
-            # The single-message path logs one message; a group commit logs every message it stored.
-            for m in getattr(record, "messages", None) or [vars(record)]:
+            for m in record.messages:  # a group commit logs every message it stored
                 logged[m["provider_message_id"]] = (m["message_id"], m["conversation_id"])
         elif record.getMessage() == "inbound duplicate":
-            duplicates += [m["provider_message_id"] for m in getattr(record, "messages", None) or [vars(record)]]
+            duplicates += [m["provider_message_id"] for m in record.messages]
     assert logged == stored
     assert duplicates == [sids[0]]
     # Ids, never the sender's phone number.

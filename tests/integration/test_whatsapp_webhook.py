@@ -224,8 +224,8 @@ async def test_nul_characters_are_stored_as_replacement_characters(client, db):
 
 
 async def test_known_senders_message_keeps_its_fields_through_the_group_commit(client, db):
-    # The first message creates the user (single-message path); the second is a known sender's and is
-    # group-committed: both must store the same columns the same way.
+    # The first message creates the user; the second is a known sender's: both must store the same
+    # columns the same way.
     for wamid, name in (("wamid.G1", "Sheena Nelson"), ("wamid.G2", "Sheena N.")):
         payload = support.whatsapp_text("Is it in stock?", wamid, name=name)
         payload["entry"][0]["changes"][0]["value"]["messages"][0]["context"] = {"from": "15550783881",

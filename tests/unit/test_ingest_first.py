@@ -72,7 +72,7 @@ async def test_saturation_holds_through_the_troughs_of_a_burst():
     b = batcher.Batcher(pool=None, writers=1)  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
     # A burst: more webhooks wait than the threshold, then a group commit answers them all at once.
-    waiting = [loop.create_task(b.submit(None, _Msg(), {}, 5))  # type: ignore[arg-type]
+    waiting = [loop.create_task(b.submit(None, _Msg(), None, 5))  # type: ignore[arg-type]
                for _ in range(batcher.SATURATED_PER_LANE + 1)]
     await asyncio.sleep(0)
     assert b.in_flight > batcher.SATURATED_PER_LANE
