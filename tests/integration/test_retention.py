@@ -25,7 +25,7 @@ RETURNING id
 """
 STATUSES = """
 INSERT INTO message_statuses (tenant_id, provider, provider_message_id, status, received_at)
-SELECT t.id, 'twilio', 'SM' || g, 'delivered', now() - make_interval(days => $2)
+SELECT t.id, 'twilio', 'SM' || $2::int || 'd' || g, 'delivered', now() - make_interval(days => $2::int)
 FROM tenants t, generate_series(1, $1) g
 """
 LETTER = """
