@@ -51,6 +51,10 @@ def batch_size(waiting: int, last: int, max_batch: int) -> int:
     return min(take, max(SPLIT_FLOOR, (waiting + last + 1) // 2))
 
 
+class Overloaded(Exception):
+    """A lane's queue is full: the webhook is answered 503 with Retry-After."""
+
+
 @dataclass(frozen=True, slots=True)
 class Known:
     """What the batch did for a known sender's message. message_id None: a redelivery."""
