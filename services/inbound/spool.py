@@ -145,7 +145,7 @@ class Spool:
         # Created and locked under a name orphan scans ignore, then renamed: another process never
         # sees our file unlocked.
         tmp = self.directory / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         path = self.directory / f"{name}.jsonl"
         os.rename(tmp, path)
@@ -220,12 +220,17 @@ class Spool:
                     self.adopt_orphans()
                 continue
             f = self._files[0]
-            chunk = self._read_chunk(f, 1 if probe else REPLAY_CHUNK)
-            if chunk is None:  # the file is replayed to its end
-                if not self._retire(f):
-                    await asyncio.sleep(0.01)  # an append is still waiting for its fsync
-                continue
-            if await self._replay_chunk(f, chunk, replay):
+            try:
+                chunk = self._read_chunk(f, 1 if probe else REPLAY_CHUNK)
+                if chunk is None:  # the file is replayed to its end
+                    if not self._retire(f):
+                        await asyncio.sleep(0.01)  # an append is still waiting for its fsync
+                    continue
+                done = await self._replay_chunk(f, chunk, replay)
+            except Exception:  # noqa: BLE001 - a disk error: the replay must outlive it, or nothing drains
+                log.exception("spool replay failed", extra={"path": str(f.path)})
+                done = False
+            if done:
                 delay, probe = RETRY_MIN_S, False
             else:
                 await asyncio.sleep(delay)
