@@ -25,6 +25,7 @@ from agents import service
 from db import listen
 from db import pool as db_pool
 from services import appkeys, web
+from services.inbound import batcher
 from tests import support
 from tests.integration.test_twilio_webhook import post_twilio
 
@@ -254,3 +255,41 @@ async def test_a_listener_reconnects_and_wakes_once_when_it_does(restartable_pg)
     finally:
         await listener.close()
 
+
+
+async def test_an_exhausted_pool_answers_within_the_acquire_timeout_instead_of_hanging(make_client, db, tmp_path):
+    client = await make_client(PARLEY_HOME=str(tmp_path / "home"), PARLEY_DB_ACQUIRE_TIMEOUT_S=0.5)
+    text = json.loads((support.TESTDATA / "whatsapp_cloud" / "text.json").read_bytes())
+    assert (await post_twilio(client, support.sms_pairs("hello", "SM" + "a" * 32))).status == 200
+    assert (await client.post("/webhooks/whatsapp", data=(req := support.meta_request(text))[0],
+                              headers=req[1])).status == 200
+    pool = client.app[appkeys.RUNTIME].pool
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]  # a stalled database, as the app sees it
+    try:
+        text["entry"][0]["changes"][0]["value"]["messages"][0]["id"] = "wamid.stalled"
+        body, headers = support.meta_request(text)
+        resp = await client.post("/webhooks/whatsapp", data=body, headers=headers)
+        assert resp.status == 503 and resp.headers["Retry-After"].isdigit()
+        # Twilio would not redeliver it: it is spooled and acknowledged.
+        assert (await post_twilio(client, support.sms_pairs("still there?", "SM" + "b" * 32))).status == 200
+        assert client.app[appkeys.SPOOL].pending
+    finally:
+        for conn in held:
+            await pool.release(conn)
+    await _until(lambda: _stored(db, "SM" + "b" * 32), "the spooled message to be replayed")
+
+
+async def _stored(conn, sid: str) -> bool:  # type: ignore[no-untyped-def]
+    return bool(await conn.fetchval("SELECT count(*) FROM messages WHERE provider_message_id = $1", sid) == 1)
+
+
+async def test_a_full_batcher_answers_503_with_retry_after(client, monkeypatch):
+    # Stands in for a lane at its bound until the bounded queue lands (Batcher.submit raises Overloaded).
+    async def overloaded(*args: object) -> None:
+        raise batcher.Overloaded
+
+    assert (await post_twilio(client, support.sms_pairs("hello", "SM" + "c" * 32))).status == 200  # a known sender
+    monkeypatch.setattr(client.app[appkeys.BATCHER], "submit", overloaded)
+    resp = await post_twilio(client, support.sms_pairs("again", "SM" + "d" * 32))
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    assert "error" in await resp.json()
