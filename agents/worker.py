@@ -22,8 +22,7 @@ from typing import Any
 
 import asyncpg
 
-from db import notify, queries
-from db import pool as db_pool
+from db import listen, notify, queries
 
 Q = queries.load(__file__)
 log = logging.getLogger("parley.agents.worker")
@@ -130,15 +129,14 @@ class Worker:
         self._generation += 1
         self._wake.set()
 
-    async def _listen(self) -> asyncpg.Connection | None:
-        # NOTIFY is only a hint: if LISTEN fails we still poll.
-        try:
-            conn = await db_pool.connect(self.dsn)
-            await conn.add_listener(CHANNEL, lambda *_: self._notified())
-            return conn
-        except Exception:  # noqa: BLE001
-            log.warning("LISTEN unavailable; polling only", exc_info=True)
-            return None
+    async def _listen(self) -> listen.Listener:
+        # NOTIFY is only a hint: while LISTEN is down (the database restarting) we still poll, and the
+        # listener reconnects by itself, waking us once when it does.
+        listener = listen.Listener(self.dsn, {CHANNEL: self._notified})
+        await listener.start()
+        if not listener.listening:
+            log.warning("LISTEN unavailable for now; polling until it connects")
+        return listener
 
     async def _loop(self, stop: asyncio.Event) -> None:
         woke_at: int | None = None  # the generation this loop was woken at by a NOTIFY

@@ -10,14 +10,42 @@ class DatabaseError(Exception):
 
 
 class Unavailable(DatabaseError):
-    """The database could not be reached."""
+    """The database could not be reached, or is shutting down, or did not answer in time.
+
+    Nothing about the request itself is wrong: the same request can succeed later (HTTP 503)."""
 
 
-UNAVAILABLE = (OSError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
-               asyncpg.TooManyConnectionsError, asyncpg.InterfaceError)
+# Server shutting down (57P01 admin, 57P02 crash), or not accepting connections yet (57P03: starting
+# up, recovering, shutting down). Not the rest of class 57: 57014 is a cancelled statement.
+_OPERATOR_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+UNAVAILABLE = (
+    OSError,  # refused, reset, unreachable, name resolution (socket.gaierror)
+    TimeoutError,  # acquire timeout, connect timeout, command_timeout (asyncio.TimeoutError is TimeoutError)
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, and asyncpg's ConnectionDoesNotExistError
+    asyncpg.TooManyConnectionsError,  # 53300: the server is full, not our request wrong
+)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database is out of reach rather than that the statement was wrong."""
+    if isinstance(exc, (Unavailable, *UNAVAILABLE)):
+        return True
+    if type(exc) is asyncpg.InterfaceError:
+        # "connection is closed", "pool is closing". Its subclasses are our mistakes, not an outage: a
+        # value the driver cannot encode (DataError), a bad setting, an unsupported feature.
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        return sqlstate.startswith("08") or sqlstate in _OPERATOR_SQLSTATES
+    return False
 
 
 def translate(exc: BaseException) -> BaseException:
-    if isinstance(exc, UNAVAILABLE):
-        return Unavailable(type(exc).__name__)
+    if isinstance(exc, Unavailable):
+        return exc
+    if unavailable(exc):
+        translated = Unavailable(type(exc).__name__)
+        translated.__cause__ = exc
+        return translated
     return exc

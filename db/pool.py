@@ -1,12 +1,14 @@
-"""Connection pools with our JSON codecs, and a transaction helper that retries transient failures."""
+"""Connection pools with our JSON codecs and a deadline on every acquire, and a transaction helper that
+retries transient failures."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import random
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Generator
+from types import TracebackType
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -14,6 +16,11 @@ import orjson
 from db import errors
 
 T = TypeVar("T")
+
+# How long a request waits for a connection before it is told the database is unavailable (503, or
+# the spool): a webhook must answer well inside Twilio's 15 s, and a stalled database must not pile up
+# every request behind it.
+DEFAULT_ACQUIRE_TIMEOUT_S = 3.0
 
 
 async def _init(conn: asyncpg.Connection) -> None:
@@ -40,19 +47,62 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def create(dsn: str, size: int) -> asyncpg.Pool:
+class Pool(asyncpg.Pool):
+    """An asyncpg pool whose every acquire, ours and asyncpg's own (`pool.fetch`, ...), has a deadline,
+    and fails with `errors.Unavailable` when the database cannot give a connection in time.
+
+    Without a deadline an acquire waits for ever: behind a stalled database, or a pool whose
+    connections are all stuck, every request would hang and memory would grow with them."""
+
+    _acquire_timeout_s: float = DEFAULT_ACQUIRE_TIMEOUT_S
+
+    def acquire(self, *, timeout: float | None = None) -> _Acquire:
+        return _Acquire(super().acquire(timeout=self._acquire_timeout_s if timeout is None else timeout))
+
+
+class _Acquire:
+    """asyncpg's acquire context (used with `async with` or `await`), failures translated."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        try:
+            conn: asyncpg.Connection = await self._inner.__aenter__()
+        except Exception as exc:
+            raise errors.translate(exc) from exc
+        return conn
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self._inner.__aexit__(exc_type, exc, tb)
+
+    def __await__(self) -> Generator[Any, None, asyncpg.Connection]:
+        return self.__aenter__().__await__()
+
+
+async def create(dsn: str, size: int, acquire_timeout_s: float = DEFAULT_ACQUIRE_TIMEOUT_S) -> asyncpg.Pool:
+    # asyncpg.create_pool() is exactly this construction with asyncpg's own class.
+    pool = Pool(dsn, min_size=min(2, size), max_size=size, max_queries=50000,
+                max_inactive_connection_lifetime=300.0, init=_init, reset=_no_reset, loop=None,
+                connection_class=asyncpg.Connection, record_class=asyncpg.Record, command_timeout=30,
+                timeout=acquire_timeout_s)  # the connect timeout of each pooled connection
+    pool._acquire_timeout_s = acquire_timeout_s
     try:
-        pool = await asyncpg.create_pool(dsn, min_size=min(2, size), max_size=size, init=_init,
-                                         reset=_no_reset, command_timeout=30)
+        await pool
     except Exception as exc:
         raise errors.translate(exc) from exc
-    assert pool is not None
     return pool
 
 
-async def connect(dsn: str) -> asyncpg.Connection:
+async def connect(dsn: str, timeout_s: float = DEFAULT_ACQUIRE_TIMEOUT_S) -> asyncpg.Connection:
     """A dedicated connection (LISTEN, migrations): never taken from the pool."""
-    conn = await asyncpg.connect(dsn)
+    try:
+        conn = await asyncpg.connect(dsn, timeout=timeout_s)
+    except Exception as exc:
+        raise errors.translate(exc) from exc
     await _init(conn)
     return conn
 

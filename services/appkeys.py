@@ -6,6 +6,7 @@ from aiohttp import web
 
 from services.inbound.batcher import Batcher
 from services.inbound.directory import Directory
+from services.inbound.spool import Spool
 from services.runtime import Runtime
 from services.settings import Settings
 
@@ -13,3 +14,4 @@ SETTINGS = web.AppKey("settings", Settings)
 RUNTIME = web.AppKey("runtime", Runtime)
 DIRECTORY = web.AppKey("directory", Directory)
 BATCHER = web.AppKey("batcher", Batcher)
+SPOOL = web.AppKey("spool", Spool)

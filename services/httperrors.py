@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -46,6 +47,25 @@ def parse_body(model: type[Model], raw: bytes) -> Model:
         raise badinput.BadInput(field, problems.get(first["type"], f"is invalid: {first['msg']}")) from None
 
 
+# Seconds a client is told to wait when the database is out of reach (a restart takes a few) or
+# ingest is saturated (a group commit takes milliseconds: the queue drains within a second).
+UNAVAILABLE_RETRY_AFTER_S = 5
+OVERLOADED_RETRY_AFTER_S = 1
+
+
+def retry_later(message: str, retry_after_s: int) -> web.HTTPServiceUnavailable:
+    """A 503 with Retry-After and the JSON error body, to raise from a handler."""
+    return web.HTTPServiceUnavailable(text=json.dumps({"error": message}), content_type="application/json",
+                                      headers={"Retry-After": str(retry_after_s)})
+
+
+def _unavailable(request: web.Request) -> web.Response:
+    log.error("database unavailable", extra={"path": request.path})
+    response = json_error(503, "storage temporarily unavailable; retry")
+    response.headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_S)
+    return response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -59,12 +79,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return json_error(exc.status, exc.reason, _HTTP_FIELDS.get(exc.status, "request"))
         raise
     except db_errors.Unavailable:
-        log.error("database unavailable", extra={"path": request.path})
-        return json_error(503, "storage temporarily unavailable; retry")
+        return _unavailable(request)
     except Exception as exc:  # noqa: BLE001 - the last line of defence, logged as a bug
-        translated = db_errors.translate(exc)
-        if isinstance(translated, db_errors.Unavailable):
-            log.error("database unavailable", extra={"path": request.path})
-            return json_error(503, "storage temporarily unavailable; retry")
+        if db_errors.unavailable(exc):
+            return _unavailable(request)
         log.exception("unhandled error", extra={"path": request.path})
         return json_error(500, "internal error")

@@ -111,7 +111,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """Open every shared resource (migrating the database first); close them in reverse order."""
     async with database(settings) as dsn:
         await apply_migrations(dsn)
-        pool = await db_pool.create(dsn, settings.db_pool_size)
+        pool = await db_pool.create(dsn, settings.db_pool_size, settings.db_acquire_timeout_s)
         redis_client = None
         try:
             if settings.redis_url:

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", alias="PARLEY_LOG_LEVEL", pattern=r"^(?i)(DEBUG|INFO|WARNING|ERROR)$")
     max_body_bytes: Annotated[int, Field(gt=0)] = Field(1024 * 1024, alias="PARLEY_MAX_BODY_BYTES")
     db_pool_size: Annotated[int, Field(ge=2, le=200)] = Field(10, alias="PARLEY_DB_POOL_SIZE")
+    # How long a request waits for a database connection before answering 503 (or spooling).
+    db_acquire_timeout_s: Annotated[float, Field(gt=0, le=60)] = Field(3.0, alias="PARLEY_DB_ACQUIRE_TIMEOUT_S")
+    # Twilio webhooks kept on disk while the database is unreachable (services/inbound/spool.py).
+    spool_max_bytes: Annotated[int, Field(ge=0)] = Field(256 * 1024 * 1024, alias="PARLEY_SPOOL_MAX_BYTES")
     # Connections of each webhook process that group-commit inbound messages (taken from the pool).
     # Group-commit lanes (services/inbound/batcher.py). One makes the biggest batches: every statement,
     # commit and WAL flush is shared by all the messages that arrived while the previous batch was

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from aiohttp import web
 
 from services import appkeys
 from services import runtime as runtime_mod
+from services.channels.base import InboundMessage
 from services.httperrors import error_middleware
-from services.inbound import webhooks
+from services.inbound import spool as spool_mod
+from services.inbound import store, webhooks
 from services.inbound.batcher import Batcher
-from services.inbound.directory import Directory
+from services.inbound.directory import Channel, Directory
 from services.ops import agents_api, api
 from services.settings import Settings
 
@@ -35,9 +39,20 @@ def create_app(settings: Settings, *, background: tuple[BackgroundFactory, ...] 
                               queue_max=settings.ingest_queue_max)
             app[appkeys.BATCHER] = batcher
             batcher.start()
+            spool = spool_mod.Spool(Path(settings.parley_home) / "spool", settings.spool_max_bytes)
+            app[appkeys.SPOOL] = spool
+            spool.adopt_orphans()
+
+            async def replay(channel: Channel, msg: InboundMessage) -> None:
+                await store.ingest(runtime.pool, batcher, channel, msg, settings.task_max_attempts)
+
+            replayer = asyncio.create_task(spool.run(replay), name="inbound-spool-replay")
             try:
                 yield
             finally:
+                replayer.cancel()
+                await asyncio.gather(replayer, return_exceptions=True)
+                spool.close()
                 await batcher.stop()
 
     app.cleanup_ctx.append(runtime_ctx)

@@ -12,11 +12,12 @@ import logging
 import orjson
 from aiohttp import web
 
+from db import errors as db_errors
 from services import appkeys, phone
 from services.channels import twilio, whatsapp_cloud
-from services.channels.base import ChannelKind, InboundMessage, PayloadError, StatusUpdate
-from services.httperrors import json_error
-from services.inbound import statuses, store
+from services.channels.base import ChannelKind, InboundMessage, PayloadError, Provider, StatusUpdate
+from services.httperrors import OVERLOADED_RETRY_AFTER_S, json_error, retry_later
+from services.inbound import batcher, statuses, store
 from services.inbound.directory import Channel
 from services.inbound.public_url import external_url
 
@@ -240,5 +241,24 @@ async def whatsapp_inbound(request: web.Request) -> web.Response:
 
 
 async def _store(request: web.Request, channel: Channel, msg: InboundMessage) -> None:
+    """Commit the message; or, for Twilio when the database is out of reach, spool it (answered 200).
+
+    Twilio does not redeliver a messaging webhook that failed, so a 503 would lose the SMS. Meta
+    redelivers for hours, so a WhatsApp Cloud delivery gets the 503 and comes back. A full batcher is
+    a 503 with Retry-After for both: memory stays bounded."""
     runtime = request.app[appkeys.RUNTIME]
-    await store.ingest(runtime.pool, request.app[appkeys.BATCHER], channel, msg, runtime.settings.task_max_attempts)
+    spool = request.app[appkeys.SPOOL]
+    spoolable = msg.provider is Provider.TWILIO
+    if spoolable and spool.pending:
+        # Behind what is already spooled, so that a sender's messages are stored in arrival order.
+        await spool.append(channel, msg)  # Full is Unavailable: the middleware answers 503
+        return
+    try:
+        await store.ingest(runtime.pool, request.app[appkeys.BATCHER], channel, msg,
+                           runtime.settings.task_max_attempts)
+    except batcher.Overloaded:
+        raise retry_later("ingest is saturated; retry", OVERLOADED_RETRY_AFTER_S) from None
+    except Exception as exc:
+        if not (spoolable and db_errors.unavailable(exc)):
+            raise
+        await spool.append(channel, msg)
