@@ -188,3 +188,42 @@ async def test_a_lost_notification_is_covered_by_the_poll(client, db, monkeypatc
 
     await _run_until_done(w, db, claims, send)
     assert w.processed == 1
+
+
+async def test_a_requeued_dead_letter_records_who_requeued_it_and_wakes_an_idle_worker(client, db):
+    await say(client, "hello there", 1)
+    runtime = client.app[appkeys.RUNTIME]
+
+    async def broken(pool, claim):
+        raise RuntimeError("x" * 5000)
+
+    await db.execute("UPDATE agent_tasks SET max_attempts = 1")
+    assert await worker.Worker(runtime.pool, runtime.dsn, broken, worker_id="broken").claim_once() == 1
+    letter = await db.fetchrow("SELECT id, error FROM event_dead_letters")
+    assert len(letter["error"]) == 2000  # a huge error is cut to a bounded size, in the letter and the task
+    assert len(await db.fetchval("SELECT last_error FROM agent_tasks")) == 2000
+
+    # An idle worker that would not poll for an hour: only the requeue's NOTIFY can wake it.
+    w = worker.Worker(runtime.pool, runtime.dsn, service.pipeline(runtime.settings), worker_id="idle",
+                      concurrency=1, poll_interval_s=3600)
+    claim_once, finished = w.claim_once, []
+
+    async def counted() -> int:
+        finished.append(await claim_once())
+        return finished[-1]
+
+    w.claim_once = counted  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    running = asyncio.create_task(w.run(stop))
+    try:
+        deadline = time.monotonic() + 20
+        while not finished and time.monotonic() < deadline:  # its first claim found nothing: it is idle
+            await asyncio.sleep(0.02)
+        assert finished == [0]
+        assert await worker.requeue_dead_letter(runtime.pool, letter["id"], "operator:dana") is not None
+        await _until(db, "SELECT status FROM agent_tasks", "done")
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 20)
+    assert await db.fetchval("SELECT requeued_by FROM event_dead_letters") == "operator:dana"
+    assert await worker.requeue_dead_letter(runtime.pool, letter["id"], "operator:dana") is None
