@@ -5,7 +5,7 @@ status and to Meta's handshake."""
 from __future__ import annotations
 
 from tests import support
-from tests.integration.test_twilio_webhook import post_twilio, status_pairs
+from tests.integration.test_twilio_webhook import _outbound, post_twilio, status_pairs
 from tests.integration.test_whatsapp_webhook import load, post_meta
 
 MEDIA = "https://api.twilio.com/2010-04-01/Accounts/{}/Messages/MM{}/Media/ME{}"
@@ -51,3 +51,18 @@ async def test_the_handshake_echoes_the_challenge_as_plain_text_and_refuses_with
     assert (resp.status, resp.content_type, await resp.text()) == (200, "text/plain", "1158201444")
     resp = await client.get("/webhooks/whatsapp", params={**params, "hub.verify_token": "wrong"})
     assert resp.status == 403 and (await resp.json())["error"]
+
+
+async def test_a_status_change_is_announced_with_its_message_conversation_and_error(client, db):
+    sid = "SM" + "d4" * 16
+    message_id = await _outbound(db, sid, "sent")
+    pairs = status_pairs(sid, "undelivered", ErrorCode="30006", ErrorMessage="Landline or unreachable carrier")
+    assert (await post_twilio(client, pairs, path="/webhooks/twilio/status")).status == 200
+    event = await db.fetchrow("SELECT * FROM events WHERE type = 'message.undelivered'")
+    conversation = await db.fetchval("SELECT conversation_id FROM messages WHERE id = $1", message_id)
+    assert (event["message_id"], event["conversation_id"]) == (message_id, conversation)
+    assert event["payload"] == {"error_code": "30006"}
+    history = await db.fetchrow("SELECT error_code, error_message FROM message_statuses")
+    assert tuple(history) == ("30006", "Landline or unreachable carrier")
+    assert await db.fetchval("SELECT error_message FROM messages WHERE id = $1",
+                             message_id) == "Landline or unreachable carrier"

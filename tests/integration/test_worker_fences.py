@@ -227,3 +227,27 @@ async def test_a_requeued_dead_letter_records_who_requeued_it_and_wakes_an_idle_
         await asyncio.wait_for(running, 20)
     assert await db.fetchval("SELECT requeued_by FROM event_dead_letters") == "operator:dana"
     assert await worker.requeue_dead_letter(runtime.pool, letter["id"], "operator:dana") is None
+
+
+async def test_a_claim_that_fails_does_not_stop_the_worker_which_backs_off_and_claims_again(client, db):
+    await say(client, "can I reschedule?", 1)
+    runtime = client.app[appkeys.RUNTIME]
+    w = worker.Worker(runtime.pool, runtime.dsn, service.pipeline(runtime.settings), worker_id="hiccup",
+                      concurrency=1, poll_interval_s=0.1)
+    claim_once, attempts = w.claim_once, []
+
+    async def hiccup() -> int:
+        attempts.append(1)
+        if len(attempts) == 1:  # the database went away for a moment
+            raise ConnectionResetError("connection reset by peer")
+        return await claim_once()
+
+    w.claim_once = hiccup  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    running = asyncio.create_task(w.run(stop))
+    try:
+        await _until(db, "SELECT status FROM agent_tasks", "done")
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 20)
+    assert w.processed == 1 and len(attempts) >= 2
