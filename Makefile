@@ -4,7 +4,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTHON ?= python3
 
-.PHONY: serve test lint bench redis-server
+.PHONY: serve test lint bench redis-server mutate
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,12 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/ingest.py
 	$(VENV)/bin/python bench/agents.py
+
+# Mutation testing of services/inbound, services/channels and agents/worker.py ([tool.mutmut] in
+# pyproject.toml); `make mutate MUTATE_ARGS=--max-children=1` to leave a core free.
+$(VENV)/.mutation-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet -e '.[test,mutation]'
+	touch $@
+
+mutate: $(VENV)/.mutation-installed redis-server
+	$(VENV)/bin/python tests/mutate.py $(MUTATE_ARGS)

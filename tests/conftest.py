@@ -56,6 +56,9 @@ def pg_admin_dsn() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def pg_template(pg_admin_dsn: str) -> str:
     """Name of a database holding every migration; tests clone it."""
+    prebuilt = os.environ.get("PARLEY_TEST_TEMPLATE")
+    if prebuilt:  # `make mutate` migrates one template for its thousands of short test sessions
+        return prebuilt
 
     async def build() -> None:
         admin = await asyncpg.connect(pg_admin_dsn)

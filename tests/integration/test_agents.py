@@ -13,14 +13,28 @@ from tests.support import sms_pairs
 AUTH = {"Authorization": f"Bearer {support.API_KEY}"}
 
 
-async def drain(client, **overrides) -> int:
-    """Run one worker until no task is claimable; returns how many tasks it processed."""
+async def drain(client, *, settled: bool = True, **overrides) -> int:
+    """Run one worker until no task is claimable; returns how many tasks it processed.
+
+    Then, unless `settled` is False, fail if any task is not done: a task that failed (waiting for its
+    retry), was dead-lettered or is still held by a lease would otherwise pass unnoticed, and so would
+    whatever its failure left unwritten."""
     runtime = client.app[appkeys.RUNTIME]
     settings = runtime.settings.model_copy(update=overrides)
     worker = service.worker(settings, runtime.pool, runtime.dsn)
     while await worker.claim_once():
         pass
+    if settled:
+        await assert_settled(runtime.pool)
     return worker.processed
+
+
+async def assert_settled(pool) -> None:
+    """Every agent task is done: none failed, dead-lettered, stuck running or left unclaimed."""
+    async with pool.acquire() as conn:
+        unsettled = await conn.fetch("SELECT id, kind, status, attempts, last_error FROM agent_tasks "
+                                     "WHERE status <> 'done' ORDER BY id")
+    assert not unsettled, f"tasks left unsettled: {[dict(r) for r in unsettled]}"
 
 
 async def say(client, text: str, n: int, from_: str = "+14155550101") -> None:
