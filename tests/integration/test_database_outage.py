@@ -140,10 +140,12 @@ async def test_stopping_postgres_for_10_s_under_load_loses_and_duplicates_nothin
     stop.set()
     await asyncio.gather(*streams)
 
+    # The directory serves its cached channels while the database is away, so every signed webhook to
+    # a number it knows is spooled and acknowledged: no 500, and no 503 either (Twilio would drop it).
     statuses = {status for *_, status, _ in answers}
-    assert statuses <= {200, 503}, statuses
+    assert statuses == {200}, statuses
     spooled = [sid for _, sid, status, during in answers if during and status == 200]
-    assert len(spooled) >= 20  # the outage was really answered 200 (spooled), not only 503s
+    assert len(spooled) >= 20  # the outage really was under load
     acknowledged = {sid for _, sid, status, _ in answers if status == 200}
 
     conn = await db_pool.connect(restartable_pg.dsn)
