@@ -15,6 +15,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -61,33 +62,38 @@ def pg_template(pg_admin_dsn: str) -> str:
         return prebuilt
 
     async def build() -> None:
-        admin = await asyncpg.connect(pg_admin_dsn)
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
-            await admin.execute(f"CREATE DATABASE {TEMPLATE}")
-        finally:
-            await admin.close()
+        await _admin(pg_admin_dsn, f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)", f"CREATE DATABASE {TEMPLATE}")
         await runtime_mod.apply_migrations(_with_database(pg_admin_dsn, TEMPLATE))
 
     asyncio.run(build())
     return TEMPLATE
 
 
+async def _admin(admin_dsn: str, *statements: str) -> None:
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        for statement in statements:
+            await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+@asynccontextmanager
+async def cloned_database(admin_dsn: str, template: str, name: str) -> AsyncIterator[str]:
+    """A database cloned from the migrated template, dropped on exit; yields its DSN."""
+    await _admin(admin_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
+                 f"CREATE DATABASE {name} TEMPLATE {template}")
+    try:
+        yield _with_database(admin_dsn, name)
+    finally:
+        await _admin(admin_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture
 async def database_url(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[str]:
     """A fresh, migrated database for one test."""
-    name = f"parley_t{os.getpid()}_{next(_counter)}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
-    finally:
-        await admin.close()
-    yield _with_database(pg_admin_dsn, name)
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    async with cloned_database(pg_admin_dsn, pg_template, f"parley_t{os.getpid()}_{next(_counter)}") as dsn:
+        yield dsn
 
 
 def _free_port() -> int:

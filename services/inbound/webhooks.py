@@ -95,7 +95,7 @@ async def _verified_channel(request: web.Request, form: twilio.Fields, kind: Cha
     if verifier is None or not twilio.verify_signature(verifier.secret, url, form, signature):
         log.warning("twilio signature refused", extra={
             "path": request.path, "channel_id": verifier.id if verifier else None})
-        return None, json_error(403, "invalid or missing X-Twilio-Signature")
+        return None, json_error(403, "invalid or missing X-Twilio-Signature", twilio.SIGNATURE_HEADER)
     return channel, None
 
 
@@ -170,7 +170,7 @@ async def whatsapp_handshake(request: web.Request) -> web.Response:
         challenge = whatsapp_cloud.verify_handshake(request.query, token)
         if challenge is not None:
             return web.Response(text=challenge, content_type="text/plain")
-    return json_error(403, "verification failed")
+    return json_error(403, "verification failed", "hub.verify_token")
 
 
 def _phone_number_ids(body: bytes) -> set[str]:
@@ -211,7 +211,7 @@ async def whatsapp_inbound(request: web.Request) -> web.Response:
     signer = next((s for s in candidates if whatsapp_cloud.verify_signature(s, body, header)), None)
     if signer is None:
         log.warning("whatsapp signature refused", extra={"path": request.path})
-        return json_error(403, "invalid or missing X-Hub-Signature-256")
+        return json_error(403, "invalid or missing X-Hub-Signature-256", "X-Hub-Signature-256")
     try:
         batch = whatsapp_cloud.parse_webhook(body)
     except PayloadError as exc:

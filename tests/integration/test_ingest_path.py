@@ -398,21 +398,10 @@ async def snapshot(conn: asyncpg.Connection) -> dict[str, list[Any]]:
 
 @pytest.fixture
 async def second_database(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[str]:
-    from tests.conftest import _with_database
+    from tests.conftest import cloned_database
 
-    name = f"parley_seq{os.getpid()}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
-    finally:
-        await admin.close()
-    yield _with_database(pg_admin_dsn, name)
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    async with cloned_database(pg_admin_dsn, pg_template, f"parley_seq{os.getpid()}") as dsn:
+        yield dsn
 
 
 async def test_concurrent_lanes_and_processes_store_what_one_message_at_a_time_stores(
