@@ -210,7 +210,13 @@ class Batcher:
                 continue
             batch = take(queue, batch_size(len(queue), last, self._max_batch))
             last = len(batch)
-            await self._write_batch(batch)
+            try:
+                await self._write_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - a dead writer would leave every later webhook hanging
+                log.exception("inbound writer failed; its batch is refused", extra={"messages": len(batch)})
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(exc)
 
     async def _write_batch(self, batch: list[_Item]) -> None:
         try:
