@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from db import errors as db_errors
+from db import pool as db_pool
 from db import queries
 from services.channels.base import ChannelKind
 
@@ -211,8 +212,11 @@ class Directory:
 
         A number that is already another tenant's, or another account's, stays theirs: the message goes
         to the catch-all itself. None when the number was deactivated."""
-        async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(Q.materialise_number, catch_all.id, address)
+        # Two first messages to one new number race here: the loser's insert can trip the other unique
+        # key on (kind, address, tenant_id), which ON CONFLICT does not arbitrate. Run again, it then
+        # finds the winner's row.
+        row = await db_pool.in_transaction(
+            self._pool, lambda conn: conn.fetchrow(Q.materialise_number, catch_all.id, address))
         if row["tenant_id"] != catch_all.tenant_id or row["parent_channel_id"] != catch_all.id \
                 or not _inherits(row, catch_all):
             return catch_all

@@ -4,6 +4,7 @@ added per test. A's secrets must never land a message in B's channel, whether or
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
@@ -354,3 +355,15 @@ async def test_public_base_url_wins_over_trust_proxy(make_client, db):
     assert forwarded.status == 403
     assert (await post_twilio(client, sms_pairs("hi", "SM" + "c3" * 16), url=PUBLIC_BASE + "/webhooks/twilio",
                               headers=headers)).status == 200
+
+
+async def test_concurrent_first_messages_to_a_new_number_of_the_catch_all_are_all_stored(client, db):
+    # Each round, ten webhooks race to materialise a number nobody has written to yet.
+    for r in range(40):
+        to = f"+1415555{r:04d}"
+        resps = await asyncio.gather(*[
+            post_twilio(client, support.sms_pairs(f"m{k}", f"SM{r:016x}{k:016x}", from_=f"+1628555{k:04d}", to=to))
+            for k in range(10)])
+        assert [r.status for r in resps] == [200] * 10
+    assert await db.fetchval("SELECT count(*) FROM messages") == 400
+    assert await db.fetchval("SELECT count(*) FROM channels WHERE address LIKE '+1415555%'") == 40
