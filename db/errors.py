@@ -31,6 +31,10 @@ def unavailable(exc: BaseException) -> bool:
     """Whether `exc` says the database is out of reach rather than that the statement was wrong."""
     if isinstance(exc, (Unavailable, *UNAVAILABLE)):
         return True
+    if isinstance(exc, asyncpg.InternalClientError):
+        # "cannot switch to state ...; another operation is in progress": a connection left mid-operation
+        # by an outage (db/pool.py terminates it). The request was fine; another connection will do.
+        return True
     if type(exc) is asyncpg.InterfaceError:
         # "connection is closed", "pool is closing". Its subclasses are our mistakes, not an outage: a
         # value the driver cannot encode (DataError), a bad setting, an unsupported feature.

@@ -77,6 +77,10 @@ class _Acquire:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
+        if isinstance(exc, asyncpg.InternalClientError):
+            # The driver lost track of this connection's protocol state (an operation interrupted while
+            # the server went away): never hand it out again; the pool opens a fresh one.
+            self._inner.connection.terminate()
         await self._inner.__aexit__(exc_type, exc, tb)
 
     def __await__(self) -> Generator[Any, None, asyncpg.Connection]:

@@ -18,6 +18,7 @@ from db import errors
     asyncpg.ProtocolViolationError("08P01"),
     asyncpg.TooManyConnectionsError("53300"),
     asyncpg.InterfaceError("connection is closed"),
+    asyncpg.InternalClientError("cannot switch to state 11; another operation (2) is in progress"),
     ConnectionRefusedError(111, "refused"),
     TimeoutError(),
     errors.Unavailable("x"),
