@@ -72,5 +72,5 @@ async def enqueue(conn: asyncpg.Connection, reply: Reply) -> int | None:
     """Queue a compliance reply; None when an identical one was already queued."""
     queued: int | None = await conn.fetchval(
         Q.enqueue, reply.tenant_id, reply.conversation_id, reply.user_id, reply.body, reply.priority,
-        reply.reason.value, reply.compliance, reply.source_message_id, reply.dedupe_key)
+        reply.reason.value, "compliance" if reply.compliance else "reply", reply.source_message_id, reply.dedupe_key)
     return queued

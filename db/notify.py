@@ -21,6 +21,7 @@ log = logging.getLogger("parley.db.notify")
 
 AGENT_TASKS = "parley_agent_tasks"  # new or requeued agent tasks: wakes idle workers
 EVENTS = "parley_events"  # new rows in events: wakes the live log stream and reactors
+QUEUE = "parley_queue"  # rows queued or put back in line in message_queue: wakes idle dispatchers
 
 
 class Notifier:

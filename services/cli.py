@@ -14,8 +14,8 @@ from services import settings as settings_mod
 
 
 def _secrets(s: settings_mod.Settings) -> list[str]:
-    values = [s.parley_api_key, s.twilio_auth_token, s.whatsapp_app_secret, s.whatsapp_verify_token,
-              s.whatsapp_access_token, s.openai_api_key]
+    values = [s.parley_api_key, s.twilio_auth_token, s.twilio_api_key_secret, s.whatsapp_app_secret,
+              s.whatsapp_verify_token, s.whatsapp_access_token, s.openai_api_key]
     found = [v.get_secret_value() for v in values if v is not None]
     if s.database_url and "@" in s.database_url:
         userinfo = s.database_url.split("://", 1)[-1].split("@", 1)[0]

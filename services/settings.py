@@ -104,7 +104,48 @@ class Settings(BaseSettings):
     retention_days: Annotated[int, Field(ge=0, le=36500)] = Field(30, alias="PARLEY_RETENTION_DAYS")
     retention_interval_s: Annotated[float, Field(gt=0, le=86400)] = Field(3600.0, alias="PARLEY_RETENTION_INTERVAL_S")
 
+    # --- Outbound (services/orchestrator). Tenant defaults; each tenant and user may override the
+    # quiet hours, time zone and budget (PATCH /api/tenant, PATCH /api/users/{id}).
+    # Dispatchers inside `parley serve` (0: none; run `parley dispatcher` processes instead or as well).
+    dispatchers: Annotated[int, Field(ge=0, le=64)] = Field(1, alias="PARLEY_DISPATCHERS")
+    # "HH:MM-HH:MM" in the recipient's local time, or empty for none.
+    quiet_hours: str = Field("21:00-08:00", alias="PARLEY_QUIET_HOURS",
+                             pattern=r"^$|^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$")
+    # The zone of a recipient whose own zone is unknown and cannot be inferred from the number.
+    time_zone: str = Field("UTC", alias="PARLEY_TIME_ZONE")
+    budget_hourly: Annotated[int, Field(ge=0, le=100_000)] = Field(2, alias="PARLEY_BUDGET_HOURLY")
+    budget_daily: Annotated[int, Field(ge=0, le=100_000)] = Field(5, alias="PARLEY_BUDGET_DAILY")
+    min_spacing_s: Annotated[float, Field(ge=0, le=86400)] = Field(30.0, alias="PARLEY_MIN_SPACING_S")
+    reply_limit_hourly: Annotated[int, Field(ge=0, le=100_000)] = Field(10, alias="PARLEY_REPLY_LIMIT_HOURLY")
+    active_user_minutes: Annotated[float, Field(ge=0, le=1440)] = Field(10.0, alias="PARLEY_ACTIVE_USER_MINUTES")
+    send_lease_s: Annotated[float, Field(gt=0, le=3600)] = Field(30.0, alias="PARLEY_SEND_LEASE_S")
+    # One provider call's deadline (the twilio package's own timeout is not applied by its async client).
+    send_timeout_s: Annotated[float, Field(gt=0, le=120)] = Field(15.0, alias="PARLEY_SEND_TIMEOUT_S")
+    send_max_attempts: Annotated[int, Field(ge=1, le=50)] = Field(5, alias="PARLEY_SEND_MAX_ATTEMPTS")
+    # Sends whose outcome is unknown: looked up at the provider after this grace (Twilio), and given up
+    # on (failed, for an operator) after the timeout when the provider has no lookup (WhatsApp Cloud).
+    unknown_grace_s: Annotated[float, Field(gt=0, le=86400)] = Field(60.0, alias="PARLEY_UNKNOWN_GRACE_S")
+    unknown_timeout_s: Annotated[float, Field(gt=0, le=7 * 86400)] = Field(3600.0, alias="PARLEY_UNKNOWN_TIMEOUT_S")
+    dispatch_batch: Annotated[int, Field(ge=1, le=1000)] = Field(100, alias="PARLEY_DISPATCH_BATCH")
+    dispatch_concurrency: Annotated[int, Field(ge=1, le=1000)] = Field(64, alias="PARLEY_DISPATCH_CONCURRENCY")
+    # Who sends a first message to someone who never wrote (the default tenant's SMS sender).
+    twilio_from_number: str | None = Field(None, alias="TWILIO_FROM_NUMBER")
+    twilio_messaging_service_sid: str | None = Field(None, alias="TWILIO_MESSAGING_SERVICE_SID",
+                                                     pattern=r"^MG[0-9a-fA-F]{32}$")
+    # API key auth for sending (Twilio recommends it over the auth token); the auth token still signs webhooks.
+    twilio_api_key_sid: str | None = Field(None, alias="TWILIO_API_KEY_SID", pattern=r"^SK[0-9a-fA-F]{32}$")
+    twilio_api_key_secret: SecretStr | None = Field(None, alias="TWILIO_API_KEY_SECRET")
+    # Any server that speaks the same wire format can stand in (the simulator, a proxy).
+    twilio_api_base_url: AnyHttpUrl = Field(AnyHttpUrl("https://api.twilio.com"), alias="TWILIO_API_BASE_URL")
+    whatsapp_graph_base_url: AnyHttpUrl = Field(AnyHttpUrl("https://graph.facebook.com"),
+                                                alias="WHATSAPP_GRAPH_BASE_URL")
+    whatsapp_graph_version: str = Field("v23.0", alias="WHATSAPP_GRAPH_VERSION", pattern=r"^v[0-9]+\.[0-9]+$")
+    # With no provider credentials, `parley serve` runs a sandbox tenant on the embedded simulator;
+    # with real credentials only when this is set.
+    sandbox: bool | None = Field(None, alias="PARLEY_SANDBOX")
+
     @field_validator("database_url", "redis_url", "twilio_account_sid", "whatsapp_phone_number_id",
+                     "twilio_from_number", "twilio_messaging_service_sid", "twilio_api_key_sid", "sandbox",
                      mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
@@ -112,7 +153,7 @@ class Settings(BaseSettings):
 
     @field_validator("twilio_auth_token", "whatsapp_app_secret", "whatsapp_verify_token",
                      "whatsapp_access_token", "openai_api_key", "public_base_url",
-                     "openai_base_url", mode="before")
+                     "openai_base_url", "twilio_api_key_secret", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -162,6 +203,29 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone") from None
+        return value
+
+    @field_validator("twilio_from_number")
+    @classmethod
+    def _from_number(cls, value: str | None) -> str | None:
+        from services import phone
+
+        if value is None:
+            return None
+        e164 = phone.to_e164(value)
+        if e164 is None:
+            raise ValueError("must be a phone number in E.164 form (+15551230000)")
+        return e164
+
     @model_validator(mode="after")
     def _pairs(self) -> Settings:
         # A half-configured channel would accept webhooks it cannot verify: refuse to start instead.
@@ -169,6 +233,8 @@ class Settings(BaseSettings):
             raise ValueError("TWILIO_AUTH_TOKEN is required when TWILIO_ACCOUNT_SID is set")
         if self.twilio_auth_token and not self.twilio_account_sid:
             raise ValueError("TWILIO_ACCOUNT_SID is required when TWILIO_AUTH_TOKEN is set")
+        if (self.twilio_api_key_sid is None) != (self.twilio_api_key_secret is None):
+            raise ValueError("TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET go together")
         if self.whatsapp_phone_number_id:
             for name in ("whatsapp_app_secret", "whatsapp_verify_token"):
                 if getattr(self, name) is None:

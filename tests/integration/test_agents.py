@@ -131,8 +131,9 @@ async def test_opt_out_gets_one_confirmation_and_nothing_after_it(client, db):
     # And the database refuses anything else for this user, whoever tries.
     user, conv, tenant = await db.fetchrow("SELECT user_id, id, tenant_id FROM conversations")
     with pytest.raises(Exception, match="opted out"):
-        await db.execute("INSERT INTO message_queue (tenant_id, conversation_id, user_id, body, reason) "
-                         "VALUES ($1, $2, $3, 'promo', 'agent_reply')", tenant, conv, user)
+        await db.execute("INSERT INTO message_queue (tenant_id, conversation_id, user_id, channel_id, body, reason, "
+                         "class) SELECT $1, $2, $3, channel_id, 'promo', 'agent_reply', 'marketing' "
+                         "FROM conversations WHERE id = $2", tenant, conv, user)
 
 
 async def test_start_after_stop_queues_an_opt_in_confirmation(client, db):

@@ -94,8 +94,9 @@ async def test_the_batch_holds_the_users_lock_so_a_stop_waits_for_its_commit(cli
         assert out.replies, "opted in: the reply stands"
         waiting = asyncio.ensure_future(opt_out(stop, user))
         await until_waiting_on_a_lock(db, stop, waiting)
-        await batch.execute("INSERT INTO message_queue (tenant_id, conversation_id, user_id, body, reason) "
-                            "VALUES ($1, $2, $3, 'help text', 'help')", tenant, conv, user)
+        await batch.execute("INSERT INTO message_queue (tenant_id, conversation_id, user_id, channel_id, body, "
+                            "reason, class) SELECT $1, $2, $3, channel_id, 'help text', 'help', 'reply' "
+                            "FROM conversations WHERE id = $2", tenant, conv, user)
         await tx.commit()
         await waiting
     finally:
@@ -128,8 +129,10 @@ async def one_user(db):
 async def queue(conn: asyncpg.Connection, tenant: int, conv: int, user: int, reason: str = "agent_reply",
                 compliance: bool = False, status: str = "queued") -> int:
     queued: int = await conn.fetchval(
-        "INSERT INTO message_queue (tenant_id, conversation_id, user_id, body, reason, compliance, status) "
-        "VALUES ($1, $2, $3, 'hi', $4, $5, $6) RETURNING id", tenant, conv, user, reason, compliance, status)
+        "INSERT INTO message_queue (tenant_id, conversation_id, user_id, channel_id, body, reason, class, status, "
+        "locked_until) SELECT $1, $2, $3, channel_id, 'hi', $4, $5, $6, "
+        "CASE WHEN $6 = 'sending' THEN now() + interval '30 seconds' END FROM conversations WHERE id = $2 RETURNING id",
+        tenant, conv, user, reason, "compliance" if compliance else "reply", status)
     return queued
 
 
@@ -161,7 +164,7 @@ async def test_compliance_is_exactly_the_confirmations(db, one_user):
         await queue(db, tenant, conv, user, "opt_out_confirmation", compliance=False)
     queued = await queue(db, tenant, conv, user, "agent_reply")
     with pytest.raises(asyncpg.CheckViolationError, match="compliance_is_confirmation"):
-        await db.execute("UPDATE message_queue SET compliance = true WHERE id = $1", queued)
+        await db.execute("UPDATE message_queue SET class = 'compliance' WHERE id = $1", queued)
 
 
 async def test_a_queued_message_belongs_to_its_conversations_user(db, one_user):
@@ -190,13 +193,15 @@ async def test_the_opt_out_guard_holds_on_update(db, one_user):
     with pytest.raises(asyncpg.CheckViolationError, match="opted out"):
         await db.execute("UPDATE message_queue SET status = 'queued' WHERE id = $1", opt_in)
     with pytest.raises(asyncpg.CheckViolationError, match="opted out"):
-        await db.execute("UPDATE message_queue SET status = 'queued' WHERE id = $1", sending)
+        await db.execute("UPDATE message_queue SET status = 'queued', locked_until = NULL WHERE id = $1",
+                         sending)
     # A send already handed to the provider is still recorded; the opt-out confirmation goes out.
-    await db.execute("UPDATE message_queue SET status = 'sent' WHERE id = $1", sending)
+    await db.execute("UPDATE message_queue SET status = 'sent', locked_until = NULL WHERE id = $1", sending)
     with pytest.raises(asyncpg.CheckViolationError, match="opted out"):
         await queue(db, tenant, conv, user, "opt_in_confirmation", compliance=True)
     confirmation = await queue(db, tenant, conv, user, "opt_out_confirmation", compliance=True)
-    await db.execute("UPDATE message_queue SET status = 'sending' WHERE id = $1", confirmation)
+    await db.execute("UPDATE message_queue SET status = 'sending', locked_until = now() WHERE id = $1",
+                     confirmation)
 
 
 async def test_a_stop_cancels_everything_queued_for_that_user_but_its_confirmation(db, one_user):
@@ -297,7 +302,8 @@ async def test_a_concurrent_stop_and_queue_write_never_leave_a_message_queued_fo
         db, database_url, one_user, first):
     await _race(db, database_url, first, one_user)
     assert await db.fetchval("SELECT consent_state FROM users") == "opted_out"
-    assert await db.fetchval("SELECT count(*) FROM message_queue WHERE status = 'queued' AND NOT compliance") == 0
+    assert await db.fetchval(
+        "SELECT count(*) FROM message_queue WHERE status = 'queued' AND class <> 'compliance'") == 0
     if first == "queue":  # the queued row was committed before the STOP went on: canceled, saying why
         assert await db.fetchval("SELECT status FROM message_queue") == "canceled"
     else:  # the STOP committed first: the insert saw it and was refused
