@@ -1,0 +1,190 @@
+"""Per-user message budgets, counted in the recipient's local hour and day.
+
+The counters are user_message_budget's columns (db/migrations/0013_outbound.sql). The dispatcher reads
+them under the row's lock in the claiming transaction, asks `status` (through gates.evaluate) whether a
+send fits, and writes back what `charge` returns, so any number of dispatchers never exceed a limit.
+
+Windows: the current local hour and the current local day, each stored as its start in UTC. A local
+day is one window however long it is (23 or 25 hours around a DST change); a local hour is one hour of
+real time (the repeated 01:00 of a fall-back night is two windows). A counter whose stored start is not
+in the current window counts as zero: a new window begins with the next charge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from services.orchestrator import quiet_hours as qh
+from services.orchestrator.policy import PROACTIVE, MessageClass, Policy
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """One user_message_budget row (limits are the user's overrides; None: the tenant's)."""
+
+    hourly_limit: int | None = None
+    daily_limit: int | None = None
+    hour_start: datetime | None = None
+    hour_count: int = 0
+    day_start: datetime | None = None
+    day_count: int = 0
+    reply_hour_start: datetime | None = None
+    reply_hour_count: int = 0
+    last_proactive_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any] | None) -> Counters:
+        """From a user_message_budget row (or None: a user with no row yet)."""
+        if row is None:
+            return cls()
+        return cls(**{name: row[name] for name in FIELDS if name in row.keys()})  # noqa: SIM118 - asyncpg Record
+
+
+FIELDS: tuple[str, ...] = tuple(Counters.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """Where a user stands now (GET /api/users/{id}/budget, and the budget gate)."""
+
+    hourly_limit: int
+    daily_limit: int
+    used_hour: int
+    used_day: int
+    reply_used_hour: int
+    reply_limit_hourly: int
+    # When the next proactive (marketing, transactional) message may go, budget and spacing both
+    # considered; None: now. With a limit of 0 it is the next window's start, when it is looked at again.
+    next_allowed_at: datetime | None
+    # The same for a reply (the loop guard); None: now.
+    next_reply_allowed_at: datetime | None = None
+    hour_start: datetime | None = None
+    day_start: datetime | None = None
+    next_hour_at: datetime | None = None  # when the local hour rolls over
+    next_day_at: datetime | None = None  # when the local day rolls over
+    spacing_until: datetime | None = None  # min_spacing_s after the last proactive send, if still ahead
+
+    @property
+    def hour_full(self) -> bool:
+        return self.used_hour >= self.hourly_limit
+
+    @property
+    def day_full(self) -> bool:
+        return self.used_day >= self.daily_limit
+
+    @property
+    def reply_full(self) -> bool:
+        return self.reply_used_hour >= self.reply_limit_hourly
+
+    @property
+    def budget_until(self) -> datetime | None:
+        """When the hourly and daily limits next allow a proactive send (None: now); spacing aside."""
+        if self.day_full:
+            return self.next_day_at
+        if self.hour_full:
+            return self.next_hour_at
+        return None
+
+
+def hour_start(now_utc: datetime, zone: ZoneInfo) -> datetime:
+    """The UTC start of the local hour `now_utc` is in."""
+    local = now_utc.astimezone(zone)
+    wall = local.replace(minute=0, second=0, microsecond=0, tzinfo=None, fold=0)
+    instants = qh.local_instants(wall, zone)
+    if not instants:  # the hour began in a gap (a zone shifting by 30 min): it began at the transition
+        return qh.gap_end(wall, zone)
+    # An overlap: the second reading of a repeated hour is its own window.
+    passed = [i for i in instants if i <= now_utc]
+    return passed[-1] if passed else instants[0]
+
+
+def next_hour_start(now_utc: datetime, zone: ZoneInfo) -> datetime:
+    """The UTC instant the next local hour begins (strictly after `now_utc`)."""
+    local = now_utc.astimezone(zone)
+    wall = local.replace(minute=0, second=0, microsecond=0, tzinfo=None, fold=0)
+    candidates: list[datetime] = []
+    for w in (wall, wall + timedelta(hours=1), wall + timedelta(hours=2)):
+        candidates += qh.local_instants(w, zone) or [qh.gap_end(w, zone)]
+    ahead = sorted(c for c in candidates if c > now_utc)
+    return ahead[0] if ahead else hour_start(now_utc, zone) + timedelta(hours=1)
+
+
+def day_start(now_utc: datetime, zone: ZoneInfo) -> datetime:
+    """The UTC start of the local day `now_utc` is in (its first instant, however long the day)."""
+    return qh.local_midnight(now_utc.astimezone(zone).date(), zone)
+
+
+def next_day_start(now_utc: datetime, zone: ZoneInfo) -> datetime:
+    return qh.local_midnight(now_utc.astimezone(zone).date() + timedelta(days=1), zone)
+
+
+def _current(stored_start: datetime | None, window_start: datetime, now_utc: datetime) -> bool:
+    # Equal in the usual case; "inside the current window" also keeps counting after the user's zone
+    # changed to one whose window began earlier. A start from before the window is a past window.
+    return stored_start is not None and window_start <= stored_start <= now_utc
+
+
+def status(counters: Counters, policy: Policy, zone: ZoneInfo, now_utc: datetime) -> BudgetStatus:
+    """The user's limits (their override, else the tenant's), what is used in the current local hour
+    and day, and when the next message may go."""
+    h_start, d_start = hour_start(now_utc, zone), day_start(now_utc, zone)
+    h_next, d_next = next_hour_start(now_utc, zone), next_day_start(now_utc, zone)
+    hourly = counters.hourly_limit if counters.hourly_limit is not None else policy.hourly_limit
+    daily = counters.daily_limit if counters.daily_limit is not None else policy.daily_limit
+    used_hour = counters.hour_count if _current(counters.hour_start, h_start, now_utc) else 0
+    used_day = counters.day_count if _current(counters.day_start, d_start, now_utc) else 0
+    reply_used = counters.reply_hour_count if _current(counters.reply_hour_start, h_start, now_utc) else 0
+    spacing_until = None
+    if counters.last_proactive_at is not None and policy.min_spacing_s > 0:
+        until = counters.last_proactive_at + timedelta(seconds=policy.min_spacing_s)
+        spacing_until = until if until > now_utc else None
+    result = BudgetStatus(
+        hourly_limit=hourly, daily_limit=daily, used_hour=used_hour, used_day=used_day,
+        reply_used_hour=reply_used, reply_limit_hourly=policy.reply_limit_hourly, next_allowed_at=None,
+        next_reply_allowed_at=h_next if reply_used >= policy.reply_limit_hourly else None,
+        hour_start=h_start, day_start=d_start, next_hour_at=h_next, next_day_at=d_next,
+        spacing_until=spacing_until)
+    waits = [t for t in (result.budget_until, spacing_until) if t is not None]
+    return replace(result, next_allowed_at=max(waits) if waits else None)
+
+
+def charge(counters: Counters, message_class: str, now_utc: datetime, zone: ZoneInfo) -> Counters:
+    """The counters after one send of `message_class` at `now_utc` (limits are not checked here: the
+    gates do that first). marketing/transactional: the hour and day counts, and last_proactive_at;
+    reply: the loop guard's count; compliance: nothing."""
+    klass = MessageClass(message_class)
+    if klass in PROACTIVE:
+        h_start, d_start = hour_start(now_utc, zone), day_start(now_utc, zone)
+        hour_count = counters.hour_count + 1 if _current(counters.hour_start, h_start, now_utc) else 1
+        day_count = counters.day_count + 1 if _current(counters.day_start, d_start, now_utc) else 1
+        last = counters.last_proactive_at
+        return replace(counters, hour_start=h_start, hour_count=hour_count, day_start=d_start,
+                       day_count=day_count,
+                       last_proactive_at=now_utc if last is None or now_utc > last else last)
+    if klass is MessageClass.REPLY:
+        h_start = hour_start(now_utc, zone)
+        count = counters.reply_hour_count + 1 if _current(counters.reply_hour_start, h_start, now_utc) else 1
+        return replace(counters, reply_hour_start=h_start, reply_hour_count=count)
+    return counters
+
+
+def refund(counters: Counters, message_class: str, charged_at: datetime, zone: ZoneInfo) -> Counters:
+    """Give back one charge made at `charged_at` for a send that provably did not go out (the provider
+    refused it before accepting). Only while the window it was counted in is still the stored one;
+    last_proactive_at is left as it is (spacing stays conservative: the earlier value is not known)."""
+    klass = MessageClass(message_class)
+    if klass in PROACTIVE:
+        h_start, d_start = hour_start(charged_at, zone), day_start(charged_at, zone)
+        hour_count, day_count = counters.hour_count, counters.day_count
+        if counters.hour_start == h_start:
+            hour_count = max(0, hour_count - 1)
+        if counters.day_start == d_start:
+            day_count = max(0, day_count - 1)
+        return replace(counters, hour_count=hour_count, day_count=day_count)
+    if klass is MessageClass.REPLY and counters.reply_hour_start == hour_start(charged_at, zone):
+        return replace(counters, reply_hour_count=max(0, counters.reply_hour_count - 1))
+    return counters
