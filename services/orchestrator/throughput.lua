@@ -33,11 +33,12 @@ else
 end
 
 local need = math.min(cost, burst)
-if tokens < need then
-  return string.format('%.6f', (need - tokens) / rate)
+-- EPSILON: float dust (0.99999999 tokens after ten refills of 0.1) is not worth a wait of 1e-10 s.
+if tokens + 1e-9 < need then
+  return string.format('%.17g', (need - tokens) / rate)
 end
 tokens = tokens - cost
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'ts', string.format('%.6f', math.max(now, ts)))
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'ts', string.format('%.17g', math.max(now, ts)))
 -- Idle buckets vanish once they would be full again: a missing key reads as a full bucket.
 local idle_ms = math.ceil((burst - tokens) / rate * 1000) + 1000
 redis.call('PEXPIRE', KEYS[1], idle_ms)

@@ -77,6 +77,10 @@ def default_burst(rate: float) -> float:
     return max(1.0, float(rate))
 
 
+# As in throughput.lua: float dust is not worth a wait.
+_EPSILON = 1e-9
+
+
 @dataclass(slots=True)
 class _Bucket:
     tokens: float
@@ -102,7 +106,7 @@ class LocalBuckets:
         else:
             tokens = min(burst, bucket.tokens)
         need = min(cost, burst)
-        if tokens < need:
+        if tokens + _EPSILON < need:
             return (need - tokens) / rate
         bucket.tokens, bucket.ts = tokens - cost, max(now, bucket.ts)
         bucket.rate, bucket.burst = rate, burst
