@@ -122,10 +122,15 @@ def next_day_start(now_utc: datetime, zone: ZoneInfo) -> datetime:
     return qh.local_midnight(now_utc.astimezone(zone).date() + timedelta(days=1), zone)
 
 
-def _current(stored_start: datetime | None, window_start: datetime, now_utc: datetime) -> bool:
-    # Equal in the usual case; "inside the current window" also keeps counting after the user's zone
-    # changed to one whose window began earlier. A start from before the window is a past window.
-    return stored_start is not None and window_start <= stored_start <= now_utc
+def _current(stored_start: datetime | None, window_start: datetime) -> bool:
+    # Equal in the usual case. A later start is counted too: it comes from a dispatcher whose clock
+    # is a little ahead (it already saw the next window) or from a zone change; forgetting those sends
+    # could exceed the limit, counting them only delays. A start from before the window is a past window.
+    return stored_start is not None and stored_start >= window_start
+
+
+def _start(stored_start: datetime | None, window_start: datetime) -> datetime:
+    return stored_start if stored_start is not None and stored_start > window_start else window_start
 
 
 def status(counters: Counters, policy: Policy, zone: ZoneInfo, now_utc: datetime) -> BudgetStatus:
@@ -135,9 +140,9 @@ def status(counters: Counters, policy: Policy, zone: ZoneInfo, now_utc: datetime
     h_next, d_next = next_hour_start(now_utc, zone), next_day_start(now_utc, zone)
     hourly = counters.hourly_limit if counters.hourly_limit is not None else policy.hourly_limit
     daily = counters.daily_limit if counters.daily_limit is not None else policy.daily_limit
-    used_hour = counters.hour_count if _current(counters.hour_start, h_start, now_utc) else 0
-    used_day = counters.day_count if _current(counters.day_start, d_start, now_utc) else 0
-    reply_used = counters.reply_hour_count if _current(counters.reply_hour_start, h_start, now_utc) else 0
+    used_hour = counters.hour_count if _current(counters.hour_start, h_start) else 0
+    used_day = counters.day_count if _current(counters.day_start, d_start) else 0
+    reply_used = counters.reply_hour_count if _current(counters.reply_hour_start, h_start) else 0
     spacing_until = None
     if counters.last_proactive_at is not None and policy.min_spacing_s > 0:
         until = counters.last_proactive_at + timedelta(seconds=policy.min_spacing_s)
@@ -159,16 +164,16 @@ def charge(counters: Counters, message_class: str, now_utc: datetime, zone: Zone
     klass = MessageClass(message_class)
     if klass in PROACTIVE:
         h_start, d_start = hour_start(now_utc, zone), day_start(now_utc, zone)
-        hour_count = counters.hour_count + 1 if _current(counters.hour_start, h_start, now_utc) else 1
-        day_count = counters.day_count + 1 if _current(counters.day_start, d_start, now_utc) else 1
+        hour_count = counters.hour_count + 1 if _current(counters.hour_start, h_start) else 1
+        day_count = counters.day_count + 1 if _current(counters.day_start, d_start) else 1
         last = counters.last_proactive_at
-        return replace(counters, hour_start=h_start, hour_count=hour_count, day_start=d_start,
-                       day_count=day_count,
+        return replace(counters, hour_start=_start(counters.hour_start, h_start), hour_count=hour_count,
+                       day_start=_start(counters.day_start, d_start), day_count=day_count,
                        last_proactive_at=now_utc if last is None or now_utc > last else last)
     if klass is MessageClass.REPLY:
         h_start = hour_start(now_utc, zone)
-        count = counters.reply_hour_count + 1 if _current(counters.reply_hour_start, h_start, now_utc) else 1
-        return replace(counters, reply_hour_start=h_start, reply_hour_count=count)
+        count = counters.reply_hour_count + 1 if _current(counters.reply_hour_start, h_start) else 1
+        return replace(counters, reply_hour_start=_start(counters.reply_hour_start, h_start), reply_hour_count=count)
     return counters
 
 

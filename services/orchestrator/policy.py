@@ -82,16 +82,14 @@ def tenant_policy(settings: OutboundSettings, tenant_row: Mapping[str, Any] | No
         try:
             hours = qh.parse(stored_hours)
         except BadInput:
-            log.warning("tenant quiet_hours unusable, using the default",
-                        extra={"tenant_id": tenant_id, "quiet_hours": str(stored_hours)[:32]})
+            _warn_once("tenant quiet_hours unusable, using the default", tenant_id, "quiet_hours", stored_hours)
     zone_name = _zone_name(settings.time_zone) or "UTC"
     stored_zone = row.get("time_zone")
     if stored_zone is not None:
         if _zone_name(stored_zone) is not None:
             zone_name = stored_zone
         else:
-            log.warning("tenant time_zone unknown, using the default",
-                        extra={"tenant_id": tenant_id, "time_zone": str(stored_zone)[:64]})
+            _warn_once("tenant time_zone unknown, using the default", tenant_id, "time_zone", stored_zone)
     return Policy(
         quiet_hours=hours,
         time_zone=zone_name,
@@ -136,6 +134,18 @@ def _phone_zone(phone: str | None) -> str | None:
         return phone_mod.time_zone_for(phone)
     except Exception:  # noqa: BLE001 - phonenumbers on a malformed stored value: no zone, not a failed claim
         return None
+
+
+_warned: set[tuple[object, str, str]] = set()
+
+
+def _warn_once(message: str, tenant_id: object, column: str, value: object) -> None:
+    # tenant_policy runs on every claim: one line per tenant and bad value, not one per cycle.
+    key = (tenant_id, column, str(value)[:64])
+    if key in _warned or len(_warned) > 10_000:
+        return
+    _warned.add(key)
+    log.warning(message, extra={"tenant_id": tenant_id, column: key[2]})
 
 
 def _limit(stored: object, default: int) -> int:

@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -145,9 +146,10 @@ class Throughput:
         """Whether Redis is configured but the last attempt could not reach it."""
         return self._down_since is not None
 
-    async def take(self, channel_id: int, rate: float, burst: float, cost: int) -> float:
+    async def take(self, channel_id: int, rate: float | Decimal, burst: float | Decimal, cost: int) -> float:
         """Take `cost` tokens from the channel's bucket: 0.0 when taken, else the seconds until they
         will be there (nothing taken then). A cost of 0 is always taken."""
+        rate, burst = float(rate), float(burst)  # channels.send_rate/send_burst arrive as Decimal (numeric)
         if rate <= 0 or burst <= 0:
             raise ValueError(f"rate and burst must be positive (rate={rate}, burst={burst})")
         if cost < 0:

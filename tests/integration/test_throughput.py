@@ -286,3 +286,13 @@ async def test_invalid_arguments_are_refused_and_a_zero_cost_always_goes():
         await bucket.take(1, 1.0, 1.0, -1)
     assert await bucket.take(1, 1.0, 1.0, 1) == 0.0
     assert await bucket.take(1, 1.0, 1.0, 0) == 0.0
+
+
+async def test_rates_stored_as_numeric_are_accepted(client, prefix):
+    from decimal import Decimal
+
+    clock = Clock()
+    for bucket in (throughput.Throughput(client, clock=clock, key_prefix=prefix),
+                   throughput.Throughput(None, clock=clock)):
+        assert await bucket.take(1, Decimal("1.5"), Decimal("1"), 1) == 0.0
+        assert await bucket.take(1, Decimal("1.5"), Decimal("1"), 1) == pytest.approx(1 / 1.5)

@@ -217,3 +217,13 @@ def test_hour_and_day_windows_contain_now_and_follow_each_other(zone, start, off
     # The next window's start is the first instant with another window.
     assert budget.hour_start(nh - timedelta(microseconds=1), zone) == h
     assert budget.day_start(nd - timedelta(microseconds=1), zone) == d
+
+
+def test_a_window_started_by_a_dispatcher_whose_clock_is_ahead_still_counts():
+    # Dispatcher A (clock 50 ms ahead) charged at 19:00:00.02 New York; B, at 18:59:59.97, must see it.
+    ahead = budget.charge(budget.Counters(), "marketing", utc(2026, 6, 1, 19, 0, 0) + timedelta(milliseconds=20), NY)
+    behind = utc(2026, 6, 1, 18, 59, 59) + timedelta(milliseconds=970)
+    assert budget.status(ahead, POLICY, NY, behind).used_hour == 1
+    charged = budget.charge(ahead, "marketing", behind, NY)
+    assert (charged.hour_start, charged.hour_count) == (utc(2026, 6, 1, 19), 2)
+    assert budget.status(charged, POLICY, NY, utc(2026, 6, 1, 19, 0, 1)).used_hour == 2

@@ -138,7 +138,8 @@ CASES = [
     ("quiet hours come before the budget", candidate(counters=FULL_DAY), NY_NIGHT, "defer", "quiet_hours", "",
      NY_MORNING),
     ("the budget comes before spacing",
-     candidate(counters=dataclasses.replace(JUST_SENT, hour_count=2)), NOW, "defer", "budget", "", HOUR + timedelta(hours=1)),
+     candidate(counters=dataclasses.replace(JUST_SENT, hour_count=2)), NOW, "defer", "budget", "",
+     HOUR + timedelta(hours=1)),
 ]
 
 
@@ -230,10 +231,13 @@ def candidates(draw: st.DrawFn, now: datetime) -> gates.Candidate:
               "reply": draw(st.sampled_from(["agent_reply", "help"])),
               "transactional": "operator", "marketing": draw(st.sampled_from(["broadcast", "sequence"]))}[klass]
     last_inbound = draw(st.one_of(st.none(), st.integers(0, 3 * 86400).map(lambda s: now - timedelta(seconds=s))))
-    hour_start, day_start = draw(st.sampled_from([(None, None), (now - timedelta(minutes=30), now - timedelta(hours=5))]))
+    hour_start, day_start = draw(st.sampled_from([(None, None),
+                                                  (now - timedelta(minutes=30), now - timedelta(hours=5))]))
     counters = budget.Counters(
-        hourly_limit=draw(st.one_of(st.none(), st.integers(1, 4))), daily_limit=draw(st.one_of(st.none(), st.integers(1, 8))),
-        hour_start=hour_start, hour_count=draw(st.integers(0, 6)), day_start=day_start, day_count=draw(st.integers(0, 10)),
+        hourly_limit=draw(st.one_of(st.none(), st.integers(1, 4))),
+        daily_limit=draw(st.one_of(st.none(), st.integers(1, 8))),
+        hour_start=hour_start, hour_count=draw(st.integers(0, 6)), day_start=day_start,
+        day_count=draw(st.integers(0, 10)),
         reply_hour_start=hour_start, reply_hour_count=draw(st.integers(0, 6)),
         last_proactive_at=draw(st.one_of(st.none(), st.integers(0, 3600).map(lambda s: now - timedelta(seconds=s)))))
     return gates.Candidate(
@@ -241,7 +245,8 @@ def candidates(draw: st.DrawFn, now: datetime) -> gates.Candidate:
         created_at=now - timedelta(seconds=draw(st.integers(0, 86400))), expires_at=None,
         has_template=draw(st.booleans()), channel_kind=draw(st.sampled_from(["twilio_sms", "twilio_whatsapp",
                                                                               "whatsapp_cloud"])),
-        consent_state=draw(st.sampled_from(["opted_in", "unknown", "opted_out"])), time_zone=draw(st.sampled_from(ZONES)),
+        consent_state=draw(st.sampled_from(["opted_in", "unknown", "opted_out"])),
+        time_zone=draw(st.sampled_from(ZONES)),
         phone=draw(st.sampled_from(["+12125551234", "+33612345678", None])),
         quiet_hours_enabled=draw(st.booleans()), last_inbound_at=last_inbound,
         newer_reply_queued=draw(st.booleans()), counters=counters)
