@@ -12,9 +12,10 @@ in the current window counts as zero: a new window begins with the next charge.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -92,8 +93,62 @@ class BudgetStatus:
 
 def hour_start(now_utc: datetime, zone: ZoneInfo) -> datetime:
     """The UTC start of the local hour `now_utc` is in."""
+    return windows(now_utc, zone).hour_start
+
+
+def next_hour_start(now_utc: datetime, zone: ZoneInfo) -> datetime:
+    """The UTC instant the next local hour begins (strictly after `now_utc`)."""
+    return windows(now_utc, zone).next_hour
+
+
+def day_start(now_utc: datetime, zone: ZoneInfo) -> datetime:
+    """The UTC start of the local day `now_utc` is in (its first instant, however long the day)."""
+    return windows(now_utc, zone).day_start
+
+
+def next_day_start(now_utc: datetime, zone: ZoneInfo) -> datetime:
+    return windows(now_utc, zone).next_day
+
+
+@dataclass(frozen=True, slots=True)
+class Windows:
+    hour_start: datetime
+    next_hour: datetime
+    day_start: datetime
+    next_day: datetime
+
+
+@functools.lru_cache(maxsize=4096)
+def windows(now_utc: datetime, zone: ZoneInfo) -> Windows:
+    """The local hour and day `now_utc` is in, as UTC bounds. Cached: a claim evaluates its whole batch
+    at one `now`, and most recipients share a handful of zones."""
     local = now_utc.astimezone(zone)
-    wall = local.replace(minute=0, second=0, microsecond=0, tzinfo=None, fold=0)
+    offset = local.utcoffset()
+    wall_hour = local.replace(minute=0, second=0, microsecond=0, tzinfo=None, fold=0)
+    wall_day = wall_hour.replace(hour=0)
+    assert offset is not None
+    # The usual case: no offset change between a bound and now, so wall - offset is the bound.
+    guesses = [(wall_hour - offset).replace(tzinfo=UTC), (wall_hour + _HOUR - offset).replace(tzinfo=UTC),
+               (wall_day - offset).replace(tzinfo=UTC), (wall_day + _DAY - offset).replace(tzinfo=UTC)]
+    if all(g.astimezone(zone).utcoffset() == offset for g in guesses):
+        return Windows(*guesses)
+    return exact_windows(now_utc, zone)
+
+
+def exact_windows(now_utc: datetime, zone: ZoneInfo) -> Windows:
+    """`windows` the long way, valid across any transition (tests hold the fast path to it)."""
+    local = now_utc.astimezone(zone)
+    wall_hour = local.replace(minute=0, second=0, microsecond=0, tzinfo=None, fold=0)
+    day = wall_hour.date()
+    return Windows(_hour_start(now_utc, zone, wall_hour), _next_hour_start(now_utc, zone, wall_hour),
+                   qh.local_midnight(day, zone), qh.local_midnight(day + _DAY, zone))
+
+
+_HOUR = timedelta(hours=1)
+_DAY = timedelta(days=1)
+
+
+def _hour_start(now_utc: datetime, zone: ZoneInfo, wall: datetime) -> datetime:
     instants = qh.local_instants(wall, zone)
     if not instants:  # the hour began in a gap (a zone shifting by 30 min): it began at the transition
         return qh.gap_end(wall, zone)
@@ -102,24 +157,12 @@ def hour_start(now_utc: datetime, zone: ZoneInfo) -> datetime:
     return passed[-1] if passed else instants[0]
 
 
-def next_hour_start(now_utc: datetime, zone: ZoneInfo) -> datetime:
-    """The UTC instant the next local hour begins (strictly after `now_utc`)."""
-    local = now_utc.astimezone(zone)
-    wall = local.replace(minute=0, second=0, microsecond=0, tzinfo=None, fold=0)
+def _next_hour_start(now_utc: datetime, zone: ZoneInfo, wall: datetime) -> datetime:
     candidates: list[datetime] = []
-    for w in (wall, wall + timedelta(hours=1), wall + timedelta(hours=2)):
+    for w in (wall, wall + _HOUR, wall + 2 * _HOUR):
         candidates += qh.local_instants(w, zone) or [qh.gap_end(w, zone)]
     ahead = sorted(c for c in candidates if c > now_utc)
-    return ahead[0] if ahead else hour_start(now_utc, zone) + timedelta(hours=1)
-
-
-def day_start(now_utc: datetime, zone: ZoneInfo) -> datetime:
-    """The UTC start of the local day `now_utc` is in (its first instant, however long the day)."""
-    return qh.local_midnight(now_utc.astimezone(zone).date(), zone)
-
-
-def next_day_start(now_utc: datetime, zone: ZoneInfo) -> datetime:
-    return qh.local_midnight(now_utc.astimezone(zone).date() + timedelta(days=1), zone)
+    return ahead[0] if ahead else _hour_start(now_utc, zone, wall) + _HOUR
 
 
 def _current(stored_start: datetime | None, window_start: datetime) -> bool:
@@ -136,8 +179,8 @@ def _start(stored_start: datetime | None, window_start: datetime) -> datetime:
 def status(counters: Counters, policy: Policy, zone: ZoneInfo, now_utc: datetime) -> BudgetStatus:
     """The user's limits (their override, else the tenant's), what is used in the current local hour
     and day, and when the next message may go."""
-    h_start, d_start = hour_start(now_utc, zone), day_start(now_utc, zone)
-    h_next, d_next = next_hour_start(now_utc, zone), next_day_start(now_utc, zone)
+    w = windows(now_utc, zone)
+    h_start, d_start, h_next, d_next = w.hour_start, w.day_start, w.next_hour, w.next_day
     hourly = counters.hourly_limit if counters.hourly_limit is not None else policy.hourly_limit
     daily = counters.daily_limit if counters.daily_limit is not None else policy.daily_limit
     used_hour = counters.hour_count if _current(counters.hour_start, h_start) else 0
@@ -147,14 +190,15 @@ def status(counters: Counters, policy: Policy, zone: ZoneInfo, now_utc: datetime
     if counters.last_proactive_at is not None and policy.min_spacing_s > 0:
         until = counters.last_proactive_at + timedelta(seconds=policy.min_spacing_s)
         spacing_until = until if until > now_utc else None
-    result = BudgetStatus(
+    budget_until = d_next if used_day >= daily else h_next if used_hour >= hourly else None  # as budget_until
+    waits = [t for t in (budget_until, spacing_until) if t is not None]
+    return BudgetStatus(
         hourly_limit=hourly, daily_limit=daily, used_hour=used_hour, used_day=used_day,
-        reply_used_hour=reply_used, reply_limit_hourly=policy.reply_limit_hourly, next_allowed_at=None,
+        reply_used_hour=reply_used, reply_limit_hourly=policy.reply_limit_hourly,
+        next_allowed_at=max(waits) if waits else None,
         next_reply_allowed_at=h_next if reply_used >= policy.reply_limit_hourly else None,
         hour_start=h_start, day_start=d_start, next_hour_at=h_next, next_day_at=d_next,
         spacing_until=spacing_until)
-    waits = [t for t in (result.budget_until, spacing_until) if t is not None]
-    return replace(result, next_allowed_at=max(waits) if waits else None)
 
 
 def charge(counters: Counters, message_class: str, now_utc: datetime, zone: ZoneInfo) -> Counters:
@@ -163,7 +207,8 @@ def charge(counters: Counters, message_class: str, now_utc: datetime, zone: Zone
     reply: the loop guard's count; compliance: nothing."""
     klass = MessageClass(message_class)
     if klass in PROACTIVE:
-        h_start, d_start = hour_start(now_utc, zone), day_start(now_utc, zone)
+        w = windows(now_utc, zone)
+        h_start, d_start = w.hour_start, w.day_start
         hour_count = counters.hour_count + 1 if _current(counters.hour_start, h_start) else 1
         day_count = counters.day_count + 1 if _current(counters.day_start, d_start) else 1
         last = counters.last_proactive_at

@@ -227,3 +227,12 @@ def test_a_window_started_by_a_dispatcher_whose_clock_is_ahead_still_counts():
     charged = budget.charge(ahead, "marketing", behind, NY)
     assert (charged.hour_start, charged.hour_count) == (utc(2026, 6, 1, 19), 2)
     assert budget.status(charged, POLICY, NY, utc(2026, 6, 1, 19, 0, 1)).used_hour == 2
+
+
+@settings(max_examples=1000, deadline=None)
+@given(zone=st.sampled_from(ZONES + [ZoneInfo("Pacific/Chatham"), ZoneInfo("America/St_Johns"),
+                                     ZoneInfo("Pacific/Apia")]),
+       start=st.sampled_from(_DST + [utc(2011, 12, 30, 10)]), offset_s=st.integers(-30 * 3600, 30 * 3600))
+def test_the_fast_window_path_agrees_with_the_exact_one(zone, start, offset_s):
+    now = start + timedelta(seconds=offset_s)
+    assert budget.windows.__wrapped__(now, zone) == budget.exact_windows(now, zone)
