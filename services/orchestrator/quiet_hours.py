@@ -65,22 +65,43 @@ def parse(text: str | None) -> QuietHours | None:
 def quiet_until(hours: QuietHours, now_utc: datetime, zone: ZoneInfo) -> datetime | None:
     """The UTC instant the window `now_utc` falls in ends, or None when it is not quiet now.
 
-    The result is always after `now_utc`, and at it the local time is no longer inside the window."""
-    local = _aware(now_utc).astimezone(zone)
-    if not hours.contains(local.time()):
+    The result is always after `now_utc`; it is the first instant at which the local time is no longer
+    inside the window: the end's wall time, or a DST change that moves the clock out of the window
+    (a fall-back that sets 01:59 back to 01:00, before a window that starts at 01:15)."""
+    if not hours.contains(_aware(now_utc).astimezone(zone).time()):
         return None
-    until = now_utc
-    # Once, unless the end falls in a gap that lands the clock inside the window again (a window that
-    # starts in the gap): then its next end.
-    for _ in range(3):
+    point = now_utc
+    # Each pass ends at the end's wall time or at a transition; a transition that lands inside the
+    # window (or a gap that skips to a time still inside it) starts another pass from there.
+    for _ in range(8):
+        local = point.astimezone(zone)
         day = local.date()
         if hours.crosses_midnight and local.time().replace(fold=0) >= hours.start:
             day += timedelta(days=1)
-        until = first_at_or_after(datetime.combine(day, hours.end), zone, after=until)
-        local = until.astimezone(zone)
-        if not hours.contains(local.time()):
-            break
-    return until
+        end = first_at_or_after(datetime.combine(day, hours.end), zone, after=point)
+        jump = _transition_between(point, end, zone)
+        stop = end if jump is None else jump
+        if not hours.contains(stop.astimezone(zone).time()):
+            return stop
+        point = stop
+    raise AssertionError(f"quiet hours {hours} in {zone.key} do not end after {now_utc}")
+
+
+def _transition_between(start: datetime, end: datetime, zone: ZoneInfo) -> datetime | None:
+    """The first offset change strictly between start and end, if any (at most one is looked for: the
+    tz database has no zone changing twice within a day)."""
+    before = start.astimezone(zone).utcoffset()
+    last = end - timedelta(microseconds=1)
+    if last <= start or last.astimezone(zone).utcoffset() == before:
+        return None
+    lo, hi = start, last
+    while hi - lo > timedelta(microseconds=1):
+        mid = lo + (hi - lo) / 2
+        if mid.astimezone(zone).utcoffset() == before:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def local_instants(wall: datetime, zone: ZoneInfo) -> list[datetime]:

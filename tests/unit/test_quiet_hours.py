@@ -109,6 +109,12 @@ def test_quiet_until_is_the_window_end_in_utc(hours, now, zone, until):
     # Paris falls back on 2026-10-25 at 03:00 CEST -> 02:00 CET (01:00 UTC): 02:30 twice, the earlier first.
     ("22:00-02:30", utc(2026, 10, 24, 21, 0), PARIS, utc(2026, 10, 25, 0, 30)),
     ("22:00-08:00", utc(2026, 10, 24, 21, 0), PARIS, utc(2026, 10, 25, 7, 0)),
+    # A fall-back can end a window early: at 01:59:59 EDT the clock goes back to 01:00 EST, before 01:15.
+    ("01:15-02:00", utc(2026, 11, 1, 5, 59, 59), NY, utc(2026, 11, 1, 6, 0)),
+    # ...or keep it going: back to 01:00 EST, still inside 00:30-02:00, which ends at 02:00 EST.
+    ("00:30-02:00", utc(2026, 11, 1, 5, 30), NY, utc(2026, 11, 1, 7, 0)),
+    # Paris: 02:59 CEST goes back to 02:00 CET, before 02:15.
+    ("02:15-03:00", utc(2026, 10, 25, 0, 59), PARIS, utc(2026, 10, 25, 1, 0)),
 ])
 def test_quiet_until_across_dst_changes(hours, now, zone, until):
     window = qh.parse(hours)
