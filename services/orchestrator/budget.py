@@ -6,8 +6,9 @@ send fits, and writes back what `charge` returns, so any number of dispatchers n
 
 Windows: the current local hour and the current local day, each stored as its start in UTC. A local
 day is one window however long it is (23 or 25 hours around a DST change); a local hour is one hour of
-real time (the repeated 01:00 of a fall-back night is two windows). A counter whose stored start is not
-in the current window counts as zero: a new window begins with the next charge.
+real time (the repeated 01:00 of a fall-back night is two windows). A counter whose stored start is
+before the current window's counts as zero (a new window begins with the next charge); one whose start
+is the current window's, or later (a dispatcher whose clock runs a little ahead), counts.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 A window is [start, end) in the recipient's local time; it crosses midnight when start > end
 (21:00-08:00) and not otherwise (12:00-14:00). Local times are mapped back to UTC DST-safely: a
 wall time that does not exist (a spring-forward gap) becomes the first instant after the gap, and one
-that happens twice (a fall-back overlap) the earlier of the two that is still ahead.
+that happens twice (a fall-back overlap) the earlier of the two that is still ahead. A window also ends
+when a DST change sets the clock back out of it.
 """
 
 from __future__ import annotations
