@@ -214,6 +214,20 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not an IANA time zone") from None
         return value
 
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_window(cls, value: str) -> str:
+        # The pattern admits "08:00-08:00"; a window that starts where it ends is refused here, at
+        # start-up, not at every claim.
+        from services import badinput
+        from services.orchestrator import quiet_hours
+
+        try:
+            quiet_hours.parse(value)
+        except badinput.BadInput as exc:
+            raise ValueError(exc.message) from None
+        return value
+
     @field_validator("twilio_from_number")
     @classmethod
     def _from_number(cls, value: str | None) -> str | None:
