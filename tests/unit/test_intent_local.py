@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -330,7 +331,11 @@ def test_shipped_artifact_is_what_training_produces(
 
     fresh, current = local.LocalClassifier(retrained_path), local.LocalClassifier()
     for row in [*eval_rows, *train_rows[::7]]:
-        assert fresh.classify_sync(row.text) == current.classify_sync(row.text), row.text
+        # The weights may differ in the 5th decimal (above), so confidences may in the 6th: the same
+        # decision, a confidence within rounding. Comparing them exactly failed now and then.
+        a, b = fresh.classify_sync(row.text), current.classify_sync(row.text)
+        assert dataclasses.replace(a, confidence=0.0) == dataclasses.replace(b, confidence=0.0), row.text
+        assert abs(a.confidence - b.confidence) < 1e-4, row.text
 
 
 def test_cached_per_word_lookup_finds_exactly_the_features_training_used():
