@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import types
 
+import pydantic
 import pytest
 
 from services.badinput import BadInput
@@ -67,9 +68,16 @@ def test_a_tenant_window_that_starts_when_it_ends_falls_back_to_the_settings(set
 
 
 def test_unusable_settings_quiet_hours_are_refused():
-    # The settings pattern lets "08:00-08:00" through; the policy refuses it rather than guess.
+    # "08:00-08:00" names no window: settings refuse it at start-up rather than guess all day or none.
+    with pytest.raises(pydantic.ValidationError, match="same time"):
+        support.make_settings("postgresql://unused/none", PARLEY_QUIET_HOURS="08:00-08:00")
+
+
+def test_a_stored_window_that_starts_where_it_ends_is_refused_by_the_policy(settings):
+    # A tenant row can hold what settings would refuse; the policy refuses it too.
+    stale = types.SimpleNamespace(**{**settings.model_dump(), "quiet_hours": "08:00-08:00"})
     with pytest.raises(BadInput):
-        policy.tenant_policy(support.make_settings("postgresql://unused/none", PARLEY_QUIET_HOURS="08:00-08:00"))
+        policy.tenant_policy(stale)
 
 
 def test_a_settings_zone_this_machine_does_not_know_reads_as_utc(settings):
