@@ -279,4 +279,7 @@ def test_the_request_hash_covers_the_content_but_not_the_key():
     base = outbox.Item(1, 2, 3, 4, MessageClass.MARKETING, Reason.OPERATOR, body="hi", idempotency_key="a")
     assert base.request_hash() == replace(base, idempotency_key="b").request_hash()
     assert base.request_hash() != replace(base, body="hello").request_hash()
-    assert base.request_hash() != replace(base, hash_extra=(("to", "+1"),)).request_hash()
+    asked = replace(base, request='{"to": "+14155550101"}')
+    assert asked.request_hash() == replace(asked, channel_id=9, conversation_id=8).request_hash()
+    assert asked.request_hash() != replace(asked, request='{"to": "+14155550102"}').request_hash()
+    assert asked.request_hash() != replace(asked, tenant_id=2).request_hash()
