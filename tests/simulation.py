@@ -1,6 +1,9 @@
 """The provider simulator in-process on a free port, for tests that send through the real clients.
 
-    from tests.simulation import simulation  # noqa: F401  (the fixture)
+    @pytest.fixture
+    async def simulation() -> AsyncIterator[Simulation]:
+        async with running(sim_config(parley_url=...)) as sim:
+            yield sim
 
     async def test_something(simulation: Simulation) -> None:
         settings = simulation.settings()          # TWILIO_API_BASE_URL etc. pointing at it
@@ -20,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from services import settings as settings_mod
@@ -94,7 +96,8 @@ class Simulation:
 @asynccontextmanager
 async def running(config: SimConfig) -> AsyncIterator[Simulation]:
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None)
+    # A handler holding an answer back (the `timeout` error) must not hold the test's teardown too.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)
@@ -104,12 +107,6 @@ async def running(config: SimConfig) -> AsyncIterator[Simulation]:
             yield Simulation(f"http://127.0.0.1:{port}", config, app, session)
     finally:
         await runner.cleanup()
-
-
-@pytest.fixture
-async def simulation() -> AsyncIterator[Simulation]:
-    async with running(sim_config()) as sim:
-        yield sim
 
 
 def sms_channel(**overrides: Any) -> SenderChannel:

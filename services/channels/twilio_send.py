@@ -128,8 +128,11 @@ class _RebasedHttpClient(AsyncTwilioHttpClient):
                       auth: tuple[str, str] | None = None,
                       timeout: float | None = None,  # noqa: ASYNC109 - the SDK's signature
                       allow_redirects: bool = False) -> Response:
+        if auth is not None:
+            # As a header: aiohttp 3.14 deprecates the BasicAuth the SDK would build from the tuple.
+            headers = {**(headers or {}), "Authorization": aiohttp.encode_basic_auth(*auth)}
         response = await super().request(method, self._rebase(url), params=params, data=data, headers=headers,
-                                         auth=auth, timeout=timeout, allow_redirects=allow_redirects)
+                                         timeout=timeout, allow_redirects=allow_redirects)
         exchange = _EXCHANGE.get(None)
         if exchange is not None:
             exchange.headers = response.headers
