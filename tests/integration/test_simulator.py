@@ -318,3 +318,30 @@ async def test_parley_accepts_the_simulators_inbound_webhooks(make_client: Any, 
     assert wa_answer["status"] == 200, wa_answer
     bodies = {r["body"] for r in await db.fetch("SELECT body FROM messages WHERE direction = 'inbound'")}
     assert bodies == {"hello sms", "hi wa"}
+
+
+async def test_no_input_gets_a_500(simulation: Simulation) -> None:
+    # Random forms, JSON and queries at every endpoint: refusals, never a defect.
+    import random
+
+    rng = random.Random(5)
+    alphabet = ["", "x", "+13125550199", "whatsapp:+1", "\x00", "é", "[1]", '{"1":2}', "http://h_x", "9" * 30,
+                "-1", "1e309", "{", "null"]
+    names = ["To", "From", "Body", "MessagingServiceSid", "ContentSid", "ContentVariables", "StatusCallback",
+             "PageSize", "Page", "DateSent>", "to", "after", "wait", "channel", "from", "body", "type", "text",
+             "template", "messaging_product", "biz_opaque_callback_data"]
+    auth = basic(ACCOUNT_SID, AUTH_TOKEN)
+    bearer = {"Authorization": f"Bearer {ACCESS_TOKEN}"}
+    for _ in range(100):
+        fields = {rng.choice(names): rng.choice(alphabet) for _ in range(rng.randint(0, 6))}
+        doc: Any = rng.choice([fields, [fields], {k: {"body": v, "name": v} for k, v in fields.items()}, "x", 3])
+        for method, path, kwargs in [
+            ("POST", MESSAGES, {"data": fields, "headers": auth}),
+            ("GET", MESSAGES, {"params": fields, "headers": auth}),
+            ("POST", META_SEND, {"json": doc, "headers": bearer}),
+            ("GET", "/sim/messages", {"params": {k: v for k, v in fields.items() if "\x00" not in v}}),
+            ("POST", "/sim/inbound", {"json": doc}),
+            ("POST", "/sim/config", {"json": doc}),
+        ]:
+            status, _ = await call(simulation, method, path, **kwargs)
+            assert status < 500, (method, path, kwargs)
