@@ -107,7 +107,7 @@ def sms_channel(**overrides: Any) -> SenderChannel:
 
 
 def twilio_whatsapp_channel(**overrides: Any) -> SenderChannel:
-    return sms_channel(kind=ChannelKind.TWILIO_WHATSAPP, address=WHATSAPP_NUMBER, **overrides)
+    return sms_channel(**{"kind": ChannelKind.TWILIO_WHATSAPP, "address": WHATSAPP_NUMBER, **overrides})
 
 
 def cloud_channel(**overrides: Any) -> SenderChannel:
