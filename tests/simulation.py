@@ -28,7 +28,7 @@ from aiohttp import web
 from services import settings as settings_mod
 from services.channels.base import ChannelKind
 from services.channels.outbound import SenderChannel
-from services.simulator import MetaNumber, SimConfig, create_app, keys
+from services.simulator import MetaNumber, SimConfig, keys, serving
 from services.simulator.state import Store
 
 ACCOUNT_SID = "AC" + "a1" * 16
@@ -95,18 +95,8 @@ class Simulation:
 
 @asynccontextmanager
 async def running(config: SimConfig) -> AsyncIterator[Simulation]:
-    app = create_app(config)
-    # A handler holding an answer back (the `timeout` error) must not hold the test's teardown too.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Simulation(f"http://127.0.0.1:{port}", config, app, session)
-    finally:
-        await runner.cleanup()
+    async with serving(config, shutdown_timeout=0.5) as (base_url, app), aiohttp.ClientSession() as session:
+        yield Simulation(base_url, config, app, session)
 
 
 def sms_channel(**overrides: Any) -> SenderChannel:
@@ -117,7 +107,7 @@ def sms_channel(**overrides: Any) -> SenderChannel:
 
 
 def twilio_whatsapp_channel(**overrides: Any) -> SenderChannel:
-    return sms_channel(kind=ChannelKind.TWILIO_WHATSAPP, address=WHATSAPP_NUMBER, **overrides)
+    return sms_channel(**{"kind": ChannelKind.TWILIO_WHATSAPP, "address": WHATSAPP_NUMBER, **overrides})
 
 
 def cloud_channel(**overrides: Any) -> SenderChannel:

@@ -272,7 +272,7 @@ def _message(exc: TwilioRestException | TwilioServiceException) -> str:
 
 
 def _to(request: OutboundRequest) -> str:
-    if request.channel.kind is ChannelKind.TWILIO_WHATSAPP:
+    if request.channel.kind == ChannelKind.TWILIO_WHATSAPP:
         return WHATSAPP_PREFIX + request.to
     return request.to
 
@@ -282,7 +282,7 @@ def _sender_params(channel: SenderChannel) -> dict[str, str]:
     through its Messaging Service when it is a catch-all ('*')."""
     address = channel.address
     if address and address != "*":
-        prefix = WHATSAPP_PREFIX if channel.kind is ChannelKind.TWILIO_WHATSAPP else ""
+        prefix = WHATSAPP_PREFIX if channel.kind == ChannelKind.TWILIO_WHATSAPP else ""
         return {"from_": prefix + address}
     if channel.messaging_service_sid:
         return {"messaging_service_sid": channel.messaging_service_sid}
@@ -308,7 +308,7 @@ def _create_params(request: OutboundRequest) -> dict[str, Any]:
 
 
 def _segments(request: OutboundRequest, message: Any) -> int | None:
-    if request.template is None and request.body and request.channel.kind is ChannelKind.TWILIO_SMS:
+    if request.template is None and request.body and request.channel.kind == ChannelKind.TWILIO_SMS:
         return segments.count(request.body).segments
     try:
         reported = int(message.num_segments or 0)

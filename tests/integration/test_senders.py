@@ -441,3 +441,14 @@ async def test_callbacks_can_be_switched_off(with_receiver: tuple[Simulation, Re
     await registry.twilio.send(sms(1, status_callback_url=receiver.url + "/webhooks/twilio/status?q=1"))
     await until(lambda: sim.store.messages[0].status == "delivered", "the message delivered")
     assert receiver.received == []
+
+
+async def test_kinds_read_from_the_database_as_text_pick_the_same_senders(simulation: Simulation,
+                                                                         registry: senders.Senders) -> None:
+    assert registry.for_kind("twilio_whatsapp") is registry.for_kind(ChannelKind.TWILIO_WHATSAPP) is registry.twilio
+    assert registry.for_kind("whatsapp_cloud") is registry.whatsapp_cloud
+    with pytest.raises(ValueError):
+        registry.for_kind("fax")
+    # A channel whose kind came back from a query as text still gets WhatsApp's prefixes.
+    await registry.twilio.send(sms(channel=twilio_whatsapp_channel(kind="twilio_whatsapp")))
+    assert simulation.store.messages[0].to == "whatsapp:" + USER

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
+import aiohttp
 import asyncpg
 import pytest
 from multidict import MultiDict
@@ -29,6 +34,7 @@ from tests.simulation import (
     SMS_NUMBER,
     Receiver,
     Simulation,
+    free_port,
     receiving,
     running,
     sim_config,
@@ -318,3 +324,61 @@ async def test_parley_accepts_the_simulators_inbound_webhooks(make_client: Any, 
     assert wa_answer["status"] == 200, wa_answer
     bodies = {r["body"] for r in await db.fetch("SELECT body FROM messages WHERE direction = 'inbound'")}
     assert bodies == {"hello sms", "hi wa"}
+
+
+async def test_no_input_gets_a_500(simulation: Simulation) -> None:
+    # Random forms, JSON and queries at every endpoint: refusals, never a defect.
+    rng = random.Random(5)
+    alphabet = ["", "x", "+13125550199", "whatsapp:+1", "\x00", "é", "[1]", '{"1":2}', "http://h_x", "9" * 30,
+                "-1", "1e309", "{", "null"]
+    names = ["To", "From", "Body", "MessagingServiceSid", "ContentSid", "ContentVariables", "StatusCallback",
+             "PageSize", "Page", "DateSent>", "to", "after", "wait", "channel", "from", "body", "type", "text",
+             "template", "messaging_product", "biz_opaque_callback_data"]
+    auth = basic(ACCOUNT_SID, AUTH_TOKEN)
+    bearer = {"Authorization": f"Bearer {ACCESS_TOKEN}"}
+    for _ in range(100):
+        fields = {rng.choice(names): rng.choice(alphabet) for _ in range(rng.randint(0, 6))}
+        doc: Any = rng.choice([fields, [fields], {k: {"body": v, "name": v} for k, v in fields.items()}, "x", 3])
+        for method, path, kwargs in [
+            ("POST", MESSAGES, {"data": fields, "headers": auth}),
+            ("GET", MESSAGES, {"params": fields, "headers": auth}),
+            ("POST", META_SEND, {"json": doc, "headers": bearer}),
+            ("GET", "/sim/messages", {"params": {k: v for k, v in fields.items() if "\x00" not in v}}),
+            ("POST", "/sim/inbound", {"json": doc}),
+            ("POST", "/sim/config", {"json": doc}),
+        ]:
+            status, _ = await call(simulation, method, path, **kwargs)
+            assert status < 500, (method, path, kwargs)
+
+
+def _simulate(port: int) -> subprocess.Popen[str]:
+    env = {**os.environ, "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+           "TWILIO_FROM_NUMBER": SMS_NUMBER}
+    return subprocess.Popen([sys.executable, "-m", "services.cli", "simulate", "--port", str(port),
+                             "--error-rate", "21610=1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+async def test_parley_simulate_runs_as_a_process_with_the_settings_credentials() -> None:
+    port = free_port()
+    proc = _simulate(port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):  # until it listens (bounded: a hang fails the test, it does not stall it)
+                try:
+                    async with session.get(base + "/sim/config") as response:
+                        knobs = await response.json()
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            else:
+                pytest.fail("parley simulate never listened")
+            assert knobs["error_rates"] == {"twilio:21610": 1.0}
+            async with session.post(base + MESSAGES, data=FORM, headers=basic(ACCOUNT_SID, AUTH_TOKEN)) as response:
+                assert (response.status, (await response.json())["code"]) == (400, 21610)
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=10)
+    assert AUTH_TOKEN not in output
+    assert '"msg":"simulating"' in output
