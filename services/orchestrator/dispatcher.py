@@ -351,15 +351,24 @@ class Dispatcher:
 
     async def _pace(self, sending: list[InFlight], now: datetime) -> list[InFlight]:
         """Gate 7: take each row's segments from its sender's bucket; rows that do not fit go back to
-        'deferred' for the bucket's wait, with their budget charge refunded."""
+        'deferred' with their budget charge refunded. Held rows of one sender are spread along its rate
+        (each after the tokens of those ahead of it), so a backlog is claimed again at the pace it can
+        go, not all at once every time the bucket refills."""
         go: list[InFlight] = []
         held: list[tuple[InFlight, float]] = []
+        queued_cost: dict[int, float] = {}  # per sender: tokens of the rows held so far in this batch
         for item in sending:
-            wait = await self.throughput.take(item.request.channel.id, item.rate, item.burst, item.rendered.cost)
-            if wait <= 0:
-                go.append(item)
+            channel_id = item.request.channel.id
+            if channel_id in queued_cost:  # this sender already holds rows back in this batch: behind them
+                ahead = queued_cost[channel_id]
             else:
-                held.append((item, wait))
+                wait = await self.throughput.take(channel_id, item.rate, item.burst, item.rendered.cost)
+                if wait <= 0:
+                    go.append(item)
+                    continue
+                ahead = wait * item.rate  # the tokens this row is short of
+            held.append((item, ahead / item.rate))
+            queued_cost[channel_id] = ahead + item.rendered.cost
         if held:
             outcomes = _Outcomes.empty()
             for item, wait in held:
@@ -431,6 +440,7 @@ class Dispatcher:
                 log.error("send results left to the reconciler", extra={"results": len(batch)})
             for item, _ in batch:
                 self._in_flight.pop(item.id, None)
+            self._wake.set()  # slots are free again
 
     async def _record(self, batch: Sequence[tuple[InFlight, SendResult | SendError]]) -> None:
         now = self.clock.now()
