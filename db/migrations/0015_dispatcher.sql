@@ -11,6 +11,11 @@ ALTER TABLE consent_changes ADD CONSTRAINT consent_changes_source_check
 -- PARLEY_UNKNOWN_TIMEOUT_S after it. updated_at moves with every status change, so it cannot say this.
 ALTER TABLE message_queue ADD COLUMN send_started_at timestamptz;
 
+-- Whether the current attempt sends the row's template rather than its body (the gates chose it,
+-- outside WhatsApp's window): a lookup for an 'unknown' row must look for what was actually sent, or it
+-- would find nothing and send the message again.
+ALTER TABLE message_queue ADD COLUMN sends_template boolean NOT NULL DEFAULT false;
+
 -- The queue status a provider's message status means for a row the provider has: what Twilio and Meta
 -- report before delivery (accepted, queued, sending...) is 'sent' from our side. One definition for
 -- the dispatcher (a callback that came before the send was recorded) and the reconciler (a callback

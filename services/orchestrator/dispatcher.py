@@ -117,9 +117,9 @@ class _Outcomes:
     def add(self, row_id: int, attempts: int, *, claimed: bool, status: str, gate: str, verdict: str,
             reason: str, until: datetime | None = None, detail: Mapping[str, Any] | None = None,
             last_error: str | None = None, error_code: str | None = None, segments: int | None = None,
-            encoding: str | None = None, locked_by: str | None = None) -> None:
+            encoding: str | None = None, locked_by: str | None = None, sends_template: bool = False) -> None:
         self.moves.append({"id": row_id, "attempts": attempts, "claimed": claimed, "status": status,
-                           "locked_by": locked_by,
+                           "locked_by": locked_by, "sends_template": sends_template,
                            "next_attempt_at": until, "last_error": _clip(last_error, ERROR_MAX),
                            "error_code": error_code, "segments": segments, "encoding": encoding})
         self.verdicts.append({"queue_id": row_id, "gate": gate, "verdict": verdict,
@@ -308,7 +308,8 @@ class Dispatcher:
             outcomes.budgets[user_id] = decision.counters
             outcomes.add(r["id"], r["attempts"], claimed=True, status="sending", gate=decision.gate.value,
                          verdict=decision.verdict, reason=decision.reason, detail=detail,
-                         segments=item.rendered.segments, encoding=item.rendered.encoding)
+                         segments=item.rendered.segments, encoding=item.rendered.encoding,
+                         sends_template=item.rendered.template is not None)
             pending.append(item)
         return outcomes, pending
 

@@ -64,7 +64,7 @@ ORDER BY n.priority DESC, n.next_attempt_at, n.id;
 WITH m AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS x (
         id bigint, attempts integer, claimed boolean, locked_by text, status text, next_attempt_at timestamptz,
-        last_error text, error_code text, segments integer, encoding text)
+        last_error text, error_code text, segments integer, encoding text, sends_template boolean)
 ),
 moved AS (
     UPDATE message_queue q
@@ -87,6 +87,8 @@ moved AS (
                          WHEN m.status IN ('queued', 'deferred') THEN NULL ELSE q.locked_by END,
         locked_until = CASE WHEN m.status = 'sending' THEN $5::timestamptz + make_interval(secs => $6) END,
         send_started_at = CASE WHEN m.status = 'sending' THEN $5::timestamptz ELSE q.send_started_at END,
+        sends_template = CASE WHEN m.status = 'sending' THEN COALESCE(m.sends_template, false)
+                              ELSE q.sends_template END,
         updated_at = now(), status_updated_at = $5::timestamptz
     FROM m, users u
     WHERE q.id = m.id AND u.id = q.user_id AND q.attempts = m.attempts

@@ -151,7 +151,7 @@ class Reconciler:
         kind = ChannelKind(row["channel_kind"])
         try:
             rendered = render_mod.render(kind, row["body"], row["template_name"], row["template_language"],
-                                         row["template_variables"], use_template=row["body"] is None)
+                                         row["template_variables"], use_template=row["sends_template"])
         except render_mod.RenderError:
             rendered = render_mod.Rendered(row["body"], None, None, None)
         credentials = credentials or {}

@@ -41,7 +41,7 @@ UPDATE message_queue q SET next_attempt_at = $1::timestamptz + make_interval(sec
 FROM due, channels ch, users u, tenants t
 WHERE q.id = due.id AND ch.id = q.channel_id AND u.id = q.user_id AND t.id = q.tenant_id
 RETURNING q.id, q.tenant_id, q.user_id, q.class, q.attempts, q.max_attempts, q.locked_by, q.send_started_at, q.body,
-          q.template_name, q.template_language, q.template_variables, q.segments, q.channel_id,
+          q.template_name, q.template_language, q.template_variables, q.segments, q.channel_id, q.sends_template,
           ch.kind AS channel_kind, ch.address AS channel_address, ch.account_sid, ch.messaging_service_sid,
           ch.parent_channel_id, u.phone, u.time_zone,
           t.time_zone AS tenant_time_zone, t.quiet_hours AS tenant_quiet_hours,

@@ -36,6 +36,7 @@ class Scripted:
         self.requests: list[OutboundRequest] = []
         self.can_lookup = can_lookup
         self.lookups: list[tuple[int, datetime]] = []
+        self.looked_for: list[OutboundRequest] = []
         self.found: Found | None = None
 
     async def send(self, request: OutboundRequest) -> SendResult:
@@ -51,6 +52,7 @@ class Scripted:
 
     async def lookup(self, request: OutboundRequest, since: datetime) -> Found | None:
         self.lookups.append((request.queue_id, since))
+        self.looked_for.append(request)
         return self.found
 
 
@@ -265,3 +267,22 @@ async def test_an_unknown_whatsapp_send_fails_unknown_after_the_timeout(pool, se
     row = await dispatching.row(pool, q)
     assert row["status"] == "failed" and row["error_code"] == "failed_unknown"
     assert sender.lookups == []
+
+
+async def test_the_lookup_for_an_unknown_template_send_looks_for_the_template(pool, settings, world, clock) -> None:
+    sender = Scripted(SendError(ErrorKind.TRANSIENT, "read timeout", maybe_sent=True))
+    d = make(pool, settings, sender, clock)
+    async with pool.acquire() as conn:
+        wa = await conn.fetchval("INSERT INTO channels (tenant_id, kind, address, account_sid, credentials) "
+                                 "VALUES ($1, 'twilio_whatsapp', '+14155550111', $2, $3) RETURNING id",
+                                 world.tenant_id, support.ACCOUNT_SID, {"auth_token": support.AUTH_TOKEN})
+    user, conv = await dispatching.person(pool, world, channel_id=wa, last_inbound_at=T0 - timedelta(hours=25))
+    content_sid = "HX" + "1" * 32
+    await dispatching.enqueue(pool, world, user, conv, klass="transactional", body="Your order shipped",
+                              template=content_sid)
+    await dispatch(d)
+    assert sender.requests[0].template is not None and sender.requests[0].body is None
+    clock.advance(60)
+    await reconciler(pool, settings, sender, clock).reconcile_once()
+    [looked] = sender.looked_for
+    assert looked.body is None and looked.template is not None and looked.template.name == content_sid
