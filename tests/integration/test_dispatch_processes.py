@@ -167,7 +167,8 @@ async def test_a_dispatcher_killed_mid_send_causes_no_second_send(
     settings = support.make_settings(database_url, TWILIO_API_BASE_URL=simulator.base_url)
     world = await dispatching.world(pool, settings)
     # The provider takes the message and then holds its answer back: the call is in flight.
-    await simulator.configure(error_rates={"twilio:timeout": 1.0}, hang_s=120)
+    # (hang_s bounds only how long the simulator holds the dead connection: its shutdown waits for it.)
+    await simulator.configure(error_rates={"twilio:timeout": 1.0}, hang_s=10)
     env = dispatcher_env(tmp_path, database_url, simulator.base_url, PARLEY_SEND_LEASE_S="2",
                          PARLEY_UNKNOWN_GRACE_S="1", PARLEY_SEND_TIMEOUT_S="100", PARLEY_POLL_INTERVAL_S="0.2")
     user, conv = await dispatching.person(pool, world)
