@@ -22,6 +22,13 @@ T = TypeVar("T")
 # every request behind it.
 DEFAULT_ACQUIRE_TIMEOUT_S = 3.0
 
+# asyncpg keeps a prepared statement per query text, but by default refuses to cache any text longer
+# than 15 KiB: such a statement is parsed and planned again on every call. The group-commit ingest
+# statement (services/inbound/queries.sql, comments included) is just over that, so every batch paid
+# a full parse and plan (about half of ingest's throughput on the bench). Our statements are a fixed
+# set of .sql blocks, so caching all of them costs a bounded amount of memory per connection.
+MAX_CACHEABLE_STATEMENT_SIZE = 256 * 1024
+
 
 async def _init(conn: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):
@@ -92,7 +99,8 @@ async def create(dsn: str, size: int, acquire_timeout_s: float = DEFAULT_ACQUIRE
     pool = Pool(dsn, min_size=min(2, size), max_size=size, max_queries=50000,
                 max_inactive_connection_lifetime=300.0, init=_init, reset=_no_reset, loop=None,
                 connection_class=asyncpg.Connection, record_class=asyncpg.Record, command_timeout=30,
-                timeout=acquire_timeout_s)  # the connect timeout of each pooled connection
+                timeout=acquire_timeout_s,  # the connect timeout of each pooled connection
+                max_cacheable_statement_size=MAX_CACHEABLE_STATEMENT_SIZE)
     pool._acquire_timeout_s = acquire_timeout_s
     try:
         await pool
@@ -104,7 +112,8 @@ async def create(dsn: str, size: int, acquire_timeout_s: float = DEFAULT_ACQUIRE
 async def connect(dsn: str, timeout_s: float = DEFAULT_ACQUIRE_TIMEOUT_S) -> asyncpg.Connection:
     """A dedicated connection (LISTEN, migrations): never taken from the pool."""
     try:
-        conn = await asyncpg.connect(dsn, timeout=timeout_s)
+        conn = await asyncpg.connect(dsn, timeout=timeout_s,
+                                     max_cacheable_statement_size=MAX_CACHEABLE_STATEMENT_SIZE)
     except Exception as exc:
         raise errors.translate(exc) from exc
     await _init(conn)

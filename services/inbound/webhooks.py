@@ -7,6 +7,7 @@ request lands in → 403 and nothing stored; malformed → 400 naming the field;
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 
@@ -178,8 +179,9 @@ async def whatsapp_handshake(request: web.Request) -> web.Response:
 
 
 def _phone_number_ids(body: bytes) -> set[str]:
-    """The business numbers a delivery's `messages` changes name, read before the signature is checked
-    (to know whose secret must have signed it); the full parse comes after. Unreadable: none."""
+    """The business numbers a delivery's `messages` changes name, for a delivery the parser refused or
+    found nothing in: read leniently, to know whose secret must have signed it before its 400 (or
+    200) is answered. Unreadable: none."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -203,8 +205,17 @@ async def whatsapp_inbound(request: web.Request) -> web.Response:
     body = await request.read()
     header = request.headers.get(whatsapp_cloud.SIGNATURE_HEADER)
     directory = request.app[appkeys.DIRECTORY]
+    # Parsed once, before the signature is checked, so that routing reads the numbers the parser reads
+    # (a second, lenient pass cost as much as the parse itself); a parse error is only answered once
+    # the request has proven whose it is.
+    batch: whatsapp_cloud.WebhookBatch | None = None
+    problem: PayloadError | None = None
+    try:
+        batch = whatsapp_cloud.parse_webhook(body)
+    except PayloadError as exc:
+        problem = exc
     channels: dict[str, Channel] = {}
-    for phone_number_id in _phone_number_ids(body):
+    for phone_number_id in batch.phone_number_ids if batch and batch.phone_number_ids else _phone_number_ids(body):
         channel = await directory.whatsapp(phone_number_id)
         if channel is not None:
             channels[phone_number_id] = channel
@@ -216,10 +227,8 @@ async def whatsapp_inbound(request: web.Request) -> web.Response:
     if signer is None:
         log.warning("whatsapp signature refused", extra={"path": request.path})
         return json_error(403, "invalid or missing X-Hub-Signature-256", "X-Hub-Signature-256")
-    try:
-        batch = whatsapp_cloud.parse_webhook(body)
-    except PayloadError as exc:
-        return _bad_request(exc)
+    if problem is not None or batch is None:
+        return _bad_request(problem or PayloadError("body", "is not a delivery"))
 
     # A change is accepted only when the app that signed the delivery owns its number, or one tenant
     # could write into another's. The rest is logged and acknowledged: Meta would retry the whole
@@ -235,8 +244,16 @@ async def whatsapp_inbound(request: web.Request) -> web.Response:
 
     messages = [m for m in batch.messages if m.channel_address in accepted]
     updates = [u for u in batch.statuses if (u.channel_address or "") in accepted]
-    for msg in messages:
-        await _store(request, accepted[msg.channel_address], msg)
+    if len(messages) == 1:
+        await _store(request, accepted[messages[0].channel_address], messages[0])
+    elif messages:
+        # Handed to the batcher together (in order: each is queued before the first awaits its commit),
+        # so a delivery's messages share one group commit instead of waiting for one commit each.
+        outcomes = await asyncio.gather(*(_store(request, accepted[m.channel_address], m) for m in messages),
+                                        return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
     pool = request.app[appkeys.RUNTIME].pool
     for update in updates:
         await reconcile.record_status(pool, accepted[update.channel_address or ""].tenant_id, update)
