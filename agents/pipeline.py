@@ -28,6 +28,7 @@ from db import notify, queries
 from services import events
 from services.inbound import store
 from services.inbound.store import ConsentState
+from services.orchestrator import outbox
 from services.settings import Settings
 
 Q = queries.load(__file__, "pipeline.sql")
@@ -315,5 +316,7 @@ class Pipeline:
                                       {o.tenant_id: o.mask_pii for o in mine})
             await events.emit_many(conn, evts)
             await claim.complete(conn, [o.task_id for o in mine])
+        if any(o.replies for o in mine):
+            outbox.wake(pool)
         if evts:
             notify.wake(pool, notify.EVENTS)

@@ -1,7 +1,9 @@
 """Replies the agents queue for the orchestrator to send: HELP text and consent confirmations.
 
-Consent confirmations bypass the opt-out guard (an opt-out gets exactly one confirmation); every reply is
-deduplicated on the consent change or message that caused them, so a retried task never queues twice.
+They go through the outbox (services/orchestrator/outbox.py), from the channel the user wrote to.
+Consent confirmations are class compliance and pass the opt-out guard (an opt-out gets exactly one
+confirmation); HELP is a reply. Every reply is deduplicated on the consent change or message that
+caused it, so a retried task never queues twice.
 """
 
 from __future__ import annotations
@@ -11,13 +13,12 @@ from enum import StrEnum
 
 import asyncpg
 
-from db import queries
-
-Q = queries.load(__file__, "replies.sql")
+from services.orchestrator import outbox
+from services.orchestrator.policy import MessageClass
 
 
 class Reason(StrEnum):
-    """Matches the CHECK constraint on message_queue.reason."""
+    """The agents' part of message_queue.reason (outbox.Reason holds them all)."""
 
     HELP = "help"
     OPT_OUT_CONFIRMATION = "opt_out_confirmation"
@@ -57,10 +58,16 @@ class Reply:
         return PRIORITY[self.reason]
 
     @property
-    def compliance(self) -> bool:
+    def message_class(self) -> MessageClass:
         """Consent confirmations are the only messages that may bypass consent and quiet hours (the
         database ties the two: message_queue_compliance_is_confirmation)."""
-        return self.reason is not Reason.HELP
+        return MessageClass.REPLY if self.reason is Reason.HELP else MessageClass.COMPLIANCE
+
+    def item(self) -> outbox.Item:
+        return outbox.Item(
+            tenant_id=self.tenant_id, user_id=self.user_id, conversation_id=self.conversation_id, channel_id=None,
+            klass=self.message_class, reason=outbox.Reason(self.reason.value), priority=self.priority,
+            body=self.body, idempotency_key=self.dedupe_key, source_message_id=self.source_message_id)
 
 
 def confirmation(reason: Reason, language: str | None) -> str:
@@ -69,8 +76,12 @@ def confirmation(reason: Reason, language: str | None) -> str:
 
 
 async def enqueue(conn: asyncpg.Connection, reply: Reply) -> int | None:
-    """Queue a compliance reply; None when an identical one was already queued."""
-    queued: int | None = await conn.fetchval(
-        Q.enqueue, reply.tenant_id, reply.conversation_id, reply.user_id, reply.body, reply.priority,
-        reply.reason.value, "compliance" if reply.compliance else "reply", reply.source_message_id, reply.dedupe_key)
-    return queued
+    """Queue a reply in the caller's transaction; None when one was already queued for its cause.
+
+    The cause (the dedupe key) decides, not the text: a retried task may word a confirmation in
+    another language than its first run did, and the first one stands."""
+    try:
+        queued = await outbox.enqueue(conn, reply.item())
+    except outbox.IdempotencyConflict:
+        return None
+    return queued.id if queued.created else None

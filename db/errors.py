@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import asyncpg
 
 
@@ -27,6 +30,19 @@ UNAVAILABLE = (
 )
 
 
+class OptedOut(DatabaseError):
+    """The queue's opt-out guard (migration 0013, constraint message_queue_opted_out) refused a row for
+    a user who opted out: only the opt-out confirmation may be queued or put back in line for them."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+# Constraints whose violation is a refusal of the request, not a bug: translated to our own classes.
+_CONSTRAINTS: dict[str, type[OptedOut]] = {"message_queue_opted_out": OptedOut}
+
+
 def unavailable(exc: BaseException) -> bool:
     """Whether `exc` says the database is out of reach rather than that the statement was wrong."""
     if isinstance(exc, (Unavailable, *UNAVAILABLE)):
@@ -46,10 +62,29 @@ def unavailable(exc: BaseException) -> bool:
 
 
 def translate(exc: BaseException) -> BaseException:
-    if isinstance(exc, Unavailable):
+    """Our own class for `exc` when we have one (Unavailable, OptedOut), else `exc` itself."""
+    if isinstance(exc, DatabaseError):
         return exc
+    if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+        ours = _CONSTRAINTS.get(getattr(exc, "constraint_name", None) or "")
+        if ours is not None:
+            translated: BaseException = ours(str(exc))
+            translated.__cause__ = exc
+            return translated
     if unavailable(exc):
         translated = Unavailable(type(exc).__name__)
         translated.__cause__ = exc
         return translated
     return exc
+
+
+@contextlib.contextmanager
+def translating() -> Iterator[None]:
+    """Raise our own class (see `translate`) for what the statements inside raise."""
+    try:
+        yield
+    except Exception as exc:
+        translated = translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc

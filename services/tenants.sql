@@ -7,12 +7,15 @@ RETURNING id;
 -- name: upsert_channel
 -- A channel the settings describe: they are its credentials' one source of truth, so they replace
 -- whatever the row held, and it is active while the settings name it.
--- $1 = tenant_id, $2 = kind, $3 = address, $4 = account_sid, $5 = credentials, $6 = display_address
-INSERT INTO channels (tenant_id, kind, address, account_sid, credentials, display_address, from_settings)
-VALUES ($1, $2, $3, $4, $5, $6, true)
+-- $1 = tenant_id, $2 = kind, $3 = address, $4 = account_sid, $5 = credentials, $6 = display_address,
+-- $7 = messaging_service_sid (TWILIO_MESSAGING_SERVICE_SID on the SMS catch-all, else NULL)
+INSERT INTO channels (tenant_id, kind, address, account_sid, credentials, display_address, messaging_service_sid,
+                      from_settings)
+VALUES ($1, $2, $3, $4, $5, $6, $7, true)
 ON CONFLICT ON CONSTRAINT channels_kind_address_key
 DO UPDATE SET account_sid = EXCLUDED.account_sid, credentials = EXCLUDED.credentials,
               display_address = COALESCE(EXCLUDED.display_address, channels.display_address),
+              messaging_service_sid = EXCLUDED.messaging_service_sid,
               from_settings = true, active = true, updated_at = now()
 RETURNING id;
 
@@ -32,3 +35,22 @@ WHERE c.address = '*' AND c.active
 GROUP BY c.kind, c.account_sid
 HAVING count(*) > 1
 ORDER BY c.kind, c.account_sid;
+
+-- name: sender_number
+-- TWILIO_FROM_NUMBER as a number of the account's SMS catch-all, as a first inbound message to it would
+-- materialise it (credentials read from the catch-all). Not from_settings: a number that stops being
+-- the default sender is still the account's and keeps receiving. An existing row is left as it is.
+-- $1 = the SMS catch-all's id, $2 = E.164 number
+INSERT INTO channels (tenant_id, kind, address, account_sid, messaging_service_sid, parent_channel_id)
+SELECT tenant_id, kind, $2, account_sid, messaging_service_sid, id FROM channels WHERE id = $1
+ON CONFLICT DO NOTHING;
+
+-- name: number_channel
+-- $1 = kind, $2 = E.164 number
+SELECT id, tenant_id, active FROM channels WHERE kind = $1 AND address = $2;
+
+-- name: set_default_senders
+-- Who sends a first message to someone who never wrote; NULL: no default (the API then asks for a channel).
+-- $1 = tenant_id, $2 = SMS channel id, $3 = WhatsApp channel id
+UPDATE tenants SET default_sms_channel_id = $2, default_whatsapp_channel_id = $3, updated_at = now()
+WHERE id = $1;

@@ -61,3 +61,61 @@ async def change_consent(conn: asyncpg.Connection, user_id: int, state: ConsentS
     return change_id
 
 
+
+
+# --- users and conversations an outbound message starts --------------------------------------------
+# This module writes users (the ingest batch, consent, and these); other modules call it.
+
+U = queries.load(__file__, "users.sql")
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    user_id: int
+    consent: ConsentState
+    created: bool
+
+
+async def user_for_phone(conn: asyncpg.Connection, tenant_id: int, e164: str, time_zone: str | None) -> Person:
+    """The tenant's user with this E.164 phone, created (with the zone its number maps to) if none."""
+    row = await conn.fetchrow(U.user_by_phone, tenant_id, e164)
+    if row is not None:
+        return Person(row["id"], ConsentState(row["consent_state"]), False)
+    row = await conn.fetchrow(U.insert_user_by_phone, tenant_id, e164, time_zone)
+    if row is not None:
+        return Person(row["id"], ConsentState(row["consent_state"]), True)
+    # Created meanwhile by a concurrent first message (its INSERT committed after our SELECT).
+    row = await conn.fetchrow(U.user_by_phone, tenant_id, e164)
+    assert row is not None, "a conflicting user must be visible once its insert committed"
+    return Person(row["id"], ConsentState(row["consent_state"]), False)
+
+
+async def conversation_for(conn: asyncpg.Connection, tenant_id: int, user_id: int, channel_id: int) -> int:
+    """The conversation of this user on this channel, opened if there is none yet."""
+    conversation_id: int | None = await conn.fetchval(U.open_conversation, tenant_id, user_id, channel_id)
+    if conversation_id is None:  # opened by a concurrent transaction after this statement's snapshot
+        conversation_id = await conn.fetchval(U.open_conversation, tenant_id, user_id, channel_id)
+    assert conversation_id is not None
+    return conversation_id
+
+
+_UNSET = object()
+
+
+async def set_preferences(conn: asyncpg.Connection, tenant_id: int, user_id: int, *,
+                          time_zone: str | None | object = _UNSET,
+                          quiet_hours_enabled: bool | object = _UNSET) -> asyncpg.Record | None:
+    """Change what an operator names of a user's zone and quiet-hours flag; None when the tenant has
+    no such user. An argument left out leaves its column as it is (None clears the zone)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        U.set_preferences, tenant_id, user_id, time_zone is not _UNSET,
+        None if time_zone is _UNSET else time_zone, quiet_hours_enabled is not _UNSET,
+        None if quiet_hours_enabled is _UNSET else quiet_hours_enabled)
+    return row
+
+
+async def set_budget_limits(conn: asyncpg.Connection, tenant_id: int, user_id: int, hourly_limit: int | None,
+                            daily_limit: int | None) -> bool:
+    """A user's own hourly and daily limits (None: the tenant's). False when the tenant has no such user."""
+    row = await conn.fetchrow(U.set_budget_limits, tenant_id, user_id, hourly_limit, daily_limit)
+    return row is not None

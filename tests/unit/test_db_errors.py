@@ -38,3 +38,18 @@ def test_connection_failures_shutdowns_and_timeouts_are_unavailable(exc):
 def test_other_errors_are_not_unavailable(exc):
     assert not errors.unavailable(exc)
     assert errors.translate(exc) is exc
+
+
+def test_the_queue_opt_out_guard_becomes_our_opted_out():
+    exc = asyncpg.CheckViolationError("user 7 opted out")
+    exc.constraint_name = "message_queue_opted_out"
+    translated = errors.translate(exc)
+    assert isinstance(translated, errors.OptedOut) and translated.__cause__ is exc
+
+
+def test_another_check_violation_is_left_as_it_is():
+    exc = asyncpg.CheckViolationError("new row violates check constraint")
+    exc.constraint_name = "message_queue_body_check"
+    assert errors.translate(exc) is exc
+    with pytest.raises(asyncpg.CheckViolationError), errors.translating():
+        raise exc
