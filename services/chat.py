@@ -150,8 +150,10 @@ class Chat:
 
     def _print(self, message: dict[str, Any]) -> None:
         body = message.get("body")
-        if not body and message.get("template"):
-            body = f"[template {message['template']}]"
+        template = message.get("template")
+        if not body and isinstance(template, dict):
+            # Meta's {"name": ...} or Twilio's {"content_sid": ...}: the rendered text is the provider's.
+            body = f"[template {template.get('name') or template.get('content_sid')}]"
         lines = str(body or "").splitlines() or [""]
         self._out.write("< " + "\n  ".join(lines) + "\n")
         self._out.flush()
