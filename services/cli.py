@@ -1,4 +1,4 @@
-"""`parley serve | worker | migrate | classify | chat`."""
+"""`parley serve | worker | migrate | classify | simulate | chat`."""
 
 from __future__ import annotations
 
@@ -169,6 +169,18 @@ def classify(args: argparse.Namespace) -> None:
     asyncio.run(run())
 
 
+def simulate(args: argparse.Namespace) -> None:
+    from services import badinput
+    from services.simulator import main as simulator
+
+    s = _load()
+    try:
+        simulator.run(s, args)
+    except badinput.BadInput as exc:
+        print(f"parley: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def chat(args: argparse.Namespace) -> None:
     from services import chat as chat_mod
 
@@ -192,6 +204,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p_worker.set_defaults(func=worker)
     p_classify = sub.add_parser("classify", help="classify messages read one per line on stdin (JSON lines out)")
     p_classify.set_defaults(func=classify)
+    p_simulate = sub.add_parser("simulate", help="a local Twilio and WhatsApp Cloud API stand-in (the simulator)")
+    from services.simulator import main as simulator
+
+    simulator.add_arguments(p_simulate)
+    p_simulate.set_defaults(func=simulate)
     p_chat = sub.add_parser("chat", help="talk to a sandbox `parley serve` as a phone: lines in, its messages out")
     p_chat.add_argument("--phone", required=True, help="the phone you write from, E.164 (+15551230000)")
     p_chat.add_argument("--whatsapp", action="store_true", help="write over WhatsApp instead of SMS")
