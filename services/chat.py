@@ -251,6 +251,7 @@ async def _converse(chat: Chat, lines: asyncio.Queue[str | None], out: IO[str], 
             err.write(f"parley chat: Parley was still working on {chat.phone} after {wait_s:g} s "
                       "(are its agents and a dispatcher running? PARLEY_WORKERS, PARLEY_DISPATCHERS)\n")
 
+    owed = False  # a line went in that has not been waited for
     while (line := await next_line()) is not None:
         if not line.strip():
             continue
@@ -258,9 +259,12 @@ async def _converse(chat: Chat, lines: asyncio.Queue[str | None], out: IO[str], 
             out.write(f"> {line}\n")
             out.flush()
         await chat.say(line)
+        owed = True
         if not interactive:
             await settle()
-    await settle()
+            owed = False
+    if owed:
+        await settle()
     return 0
 
 

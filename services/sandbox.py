@@ -27,7 +27,7 @@ from aiohttp import web
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from db import queries
-from services import appkeys, phone
+from services import appkeys, phone, simulator
 from services import runtime as runtime_mod
 from services.badinput import BadInput
 from services.ops import api
@@ -55,7 +55,6 @@ class Secrets(BaseModel):
     twilio_auth_token: str = Field(min_length=16)
     sms_number: str = Field(pattern=r"^\+[1-9][0-9]{6,14}$")
     whatsapp_phone_number_id: str = Field(pattern=r"^[0-9]{1,20}$")
-    whatsapp_display_number: str = Field(pattern=r"^\+[1-9][0-9]{6,14}$")
     whatsapp_app_secret: str = Field(min_length=16)
     whatsapp_verify_token: str = Field(min_length=16)
     whatsapp_access_token: str = Field(min_length=16)
@@ -68,7 +67,6 @@ class Secrets(BaseModel):
             sms_number=SMS_NUMBER,
             # Meta's ids are 15-16 digits, never starting with 0.
             whatsapp_phone_number_id=str(secrets.randbelow(9 * 10**14) + 10**14),
-            whatsapp_display_number=WHATSAPP_NUMBER,
             whatsapp_app_secret=secrets.token_hex(16),
             whatsapp_verify_token=secrets.token_urlsafe(24),
             whatsapp_access_token="EAA" + secrets.token_urlsafe(32),
@@ -176,17 +174,28 @@ async def _operator_only(request: web.Request, handler: api.Handler) -> web.Stre
 
 
 def create_app(settings: Settings) -> web.Application:
-    """The sandbox, mounted at PREFIX: the simulator's provider and control routes, and the chat's own."""
-    from services import simulator
-
-    app = simulator.create_app(_simulator_config(settings))
+    """The sandbox, mounted at PREFIX: the simulator's provider and control routes, and the chat's own.
+    `settings` are those `resolve` returned."""
+    app = simulator.create_app(simulator_config(settings))
     app.middlewares.insert(0, _operator_only)
     app.add_routes([web.get("/info", info), web.get("/pending", pending)])
     return app
 
 
-def _simulator_config(settings: Settings) -> object:
-    raise NotImplementedError  # filled in once services/simulator lands
+def simulator_config(settings: Settings) -> simulator.SimConfig:
+    """The simulator knows the sandbox's accounts, and reaches Parley where `resolve` pointed the
+    providers' base URLs (its own server), signing for PUBLIC_BASE_URL as the real providers would."""
+    assert settings.sandbox and settings.twilio_account_sid and settings.twilio_auth_token \
+        and settings.whatsapp_phone_number_id and settings.whatsapp_access_token and settings.whatsapp_app_secret \
+        and settings.twilio_from_number, "settings not resolved for the sandbox"
+    own = str(settings.twilio_api_base_url).rstrip("/").removesuffix(PREFIX)
+    config = simulator.SimConfig(parley_url=own, parley_public_url=settings.public_base)
+    config.twilio_accounts[settings.twilio_account_sid] = settings.twilio_auth_token.get_secret_value()
+    config.twilio_numbers[settings.twilio_from_number] = settings.twilio_account_sid
+    config.meta_numbers[settings.whatsapp_phone_number_id] = simulator.MetaNumber(
+        settings.whatsapp_phone_number_id, settings.whatsapp_access_token.get_secret_value(),
+        settings.whatsapp_app_secret.get_secret_value(), display_phone_number=WHATSAPP_NUMBER.lstrip("+"))
+    return config
 
 
 async def info(request: web.Request) -> web.Response:
