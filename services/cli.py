@@ -1,4 +1,4 @@
-"""`parley serve | worker | migrate | classify | simulate | chat`."""
+"""`parley serve | worker | dispatcher | migrate | classify | simulate | chat`."""
 
 from __future__ import annotations
 
@@ -146,6 +146,30 @@ def worker(args: argparse.Namespace) -> None:
     asyncio.run(run())
 
 
+def dispatcher(args: argparse.Namespace) -> None:
+    import signal
+
+    from services import runtime as runtime_mod
+    from services.orchestrator import service
+
+    s = _load()
+    _check_operator_key(s)
+    count = args.dispatchers if args.dispatchers is not None else max(1, s.dispatchers)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # SIGTERM/SIGINT: stop claiming, finish the provider calls in flight, record them, exit.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with runtime_mod.open_runtime(s) as rt:
+            _settle_heap(agents=False)
+            logging.getLogger("parley").info("dispatching", extra={"dispatchers": count, "pid": os.getpid()})
+            await service.run_dispatchers(s, rt.pool, rt.dsn, rt.redis, stop, count=count)
+
+    asyncio.run(run())
+
+
 def classify(args: argparse.Namespace) -> None:
     import json
 
@@ -202,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p_worker = sub.add_parser("worker", help="agent workers only (run any number of these processes)")
     p_worker.add_argument("--workers", type=int, default=None, help="workers in this process (PARLEY_WORKERS)")
     p_worker.set_defaults(func=worker)
+    p_dispatcher = sub.add_parser("dispatcher", help="outbound dispatchers only (run any number of these processes)")
+    p_dispatcher.add_argument("--dispatchers", type=int, default=None,
+                              help="dispatch loops in this process (PARLEY_DISPATCHERS, at least 1)")
+    p_dispatcher.set_defaults(func=dispatcher)
     p_classify = sub.add_parser("classify", help="classify messages read one per line on stdin (JSON lines out)")
     p_classify.set_defaults(func=classify)
     p_simulate = sub.add_parser("simulate", help="a local Twilio and WhatsApp Cloud API stand-in (the simulator)")

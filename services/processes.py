@@ -64,7 +64,8 @@ class Helpers:
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         env = {**os.environ, FD_ENV: str(self.sock.fileno()), PARENT_ENV: str(os.getpid()), "DATABASE_URL": self.dsn,
-               "PARLEY_PROCESSES": "1", "PARLEY_WORKERS": "0"}  # helpers serve webhooks only
+               "PARLEY_PROCESSES": "1", "PARLEY_WORKERS": "0",
+               "PARLEY_DISPATCHERS": "0"}  # helpers serve webhooks only
         return await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", "serve", env=env,
                                                     pass_fds=(self.sock.fileno(),))
 

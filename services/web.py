@@ -66,7 +66,12 @@ def create_app(settings: Settings, *, background: tuple[BackgroundFactory, ...] 
 
 
 def default_background(settings: Settings) -> tuple[BackgroundFactory, ...]:
-    """What `parley serve` runs beside the HTTP server: the agent workers (PARLEY_WORKERS, default 1)."""
+    """What `parley serve` runs beside the HTTP server: the agent workers (PARLEY_WORKERS, default 1)
+    and the outbound dispatchers (PARLEY_DISPATCHERS, default 1)."""
     from agents import service
+    from services.orchestrator import service as orchestrator
 
-    return (service.background(settings),) if settings.workers > 0 else ()
+    background: tuple[BackgroundFactory, ...] = (service.background(settings),) if settings.workers > 0 else ()
+    if settings.dispatchers > 0:
+        background += (orchestrator.background(settings),)
+    return background

@@ -144,6 +144,24 @@ class StatusUpdate:
     occurred_at: datetime | None = None
     channel_address: str | None = None
     recipient: str | None = None  # E.164 / wa_id / BSUID as the provider gave it
+    # Our message_queue id, when the callback carries it (Twilio: ?q=<id> on the StatusCallback URL we
+    # sent; Meta: biz_opaque_callback_data "q:<id>"): it settles a send whose outcome we never learned.
+    queue_id: int | None = None
+
+
+QUEUE_ID_MAX = 2**63 - 1  # bigint
+
+
+def queue_id_from(text: str | None, prefix: str = "") -> int | None:
+    """Our queue id from a callback's echo of it ("123", or "q:123" with prefix "q:"); None for
+    anything else, which is then only a status without a queue row to settle."""
+    if not text or not text.startswith(prefix):
+        return None
+    digits = text[len(prefix):]
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 19:
+        return None
+    value = int(digits)
+    return value if 0 < value <= QUEUE_ID_MAX else None
 
 
 # Statuses only move forward: a late "sent" never overwrites "delivered" or "read".

@@ -31,6 +31,9 @@ MESSAGES_FIELD = "messages"
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 _SIGNATURE_PREFIX = "sha256="
 
+# biz_opaque_callback_data of the messages we send: "q:<message_queue id>".
+QUEUE_ID_PREFIX = "q:"
+
 STATUS_MAP: dict[str, base.MessageStatus] = {
     "sent": base.MessageStatus.SENT,
     "delivered": base.MessageStatus.DELIVERED,
@@ -256,6 +259,8 @@ class Status(_Payload):
     timestamp: UnixTime
     recipient_id: str | None = None
     recipient_user_id: str | None = None
+    # What we put in biz_opaque_callback_data when sending ("q:<queue id>"), echoed back.
+    biz_opaque_callback_data: str | None = None
     errors: list[ErrorInfo] = []
 
 
@@ -760,4 +765,5 @@ def _status(
         channel_address=value.metadata.phone_number_id,
         # As Meta gave it: the phone (wa_id) when we sent to one, else the BSUID.
         recipient=status.recipient_id or status.recipient_user_id,
+        queue_id=base.queue_id_from(status.biz_opaque_callback_data, QUEUE_ID_PREFIX),
     )

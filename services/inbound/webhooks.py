@@ -7,6 +7,7 @@ request lands in → 403 and nothing stored; malformed → 400 naming the field;
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import orjson
@@ -15,11 +16,12 @@ from aiohttp import web
 from db import errors as db_errors
 from services import appkeys, phone
 from services.channels import twilio, whatsapp_cloud
-from services.channels.base import ChannelKind, InboundMessage, PayloadError, Provider, StatusUpdate
+from services.channels.base import ChannelKind, InboundMessage, PayloadError, Provider, StatusUpdate, queue_id_from
 from services.httperrors import OVERLOADED_RETRY_AFTER_S, json_error, retry_later
-from services.inbound import batcher, statuses, store
+from services.inbound import batcher, store
 from services.inbound.directory import Channel
 from services.inbound.public_url import external_url
+from services.orchestrator import reconcile
 
 log = logging.getLogger("parley.inbound")
 
@@ -161,7 +163,9 @@ async def twilio_status(request: web.Request) -> web.Response:
         # tenant to record it for. 200, or Twilio would keep calling about it.
         log.info("status callback for a number no channel routes ignored", extra={"path": request.path})
         return web.Response(status=200)
-    await statuses.record(request.app[appkeys.RUNTIME].pool, channel.tenant_id, update)
+    # Our queue id rides on the StatusCallback URL we sent (?q=<id>), which the signature covers.
+    update = dataclasses.replace(update, queue_id=queue_id_from(request.query.get("q")))
+    await reconcile.record_status(request.app[appkeys.RUNTIME].pool, channel.tenant_id, update)
     return web.Response(status=200)
 
 
@@ -235,7 +239,7 @@ async def whatsapp_inbound(request: web.Request) -> web.Response:
         await _store(request, accepted[msg.channel_address], msg)
     pool = request.app[appkeys.RUNTIME].pool
     for update in updates:
-        await statuses.record(pool, accepted[update.channel_address or ""].tenant_id, update)
+        await reconcile.record_status(pool, accepted[update.channel_address or ""].tenant_id, update)
     return web.json_response({"received": len(messages), "statuses": len(updates),
                               "ignored": len(batch.messages) + len(batch.statuses) - len(messages) - len(updates)})
 
