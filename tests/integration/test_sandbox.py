@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.rest import Client
 
 from services import sandbox
+from services.channels import outbound, twilio_send
+from services.channels.base import ChannelKind
 from tests import support
 from tests.integration.test_processes import _free_port
 
@@ -132,7 +132,7 @@ async def test_without_provider_credentials_serve_runs_the_sandbox_and_says_so(d
             "SELECT kind, address, account_sid, credentials, active FROM channels c "
             "JOIN tenants t ON t.id = c.tenant_id WHERE t.slug = 'default'")}
         assert channels[("twilio_sms", "*")]["account_sid"] == box.twilio_account_sid
-        assert json.loads(channels[("twilio_sms", "*")]["credentials"])["auth_token"] == box.twilio_auth_token
+        assert channels[("twilio_sms", "*")]["credentials"]["auth_token"] == box.twilio_auth_token
         assert channels[("whatsapp_cloud", box.whatsapp_phone_number_id)]["active"]
         # No token reaches the log.
         text = server.log.read_text()
@@ -197,7 +197,7 @@ async def test_the_simulators_control_routes_refuse_a_request_without_the_operat
             assert resp.status == 200
 
         # The providers' own APIs are not behind the operator key but behind the sandbox's provider
-        # credentials, as the real ones are: the real twilio client, with them, sends; without, is refused.
+        # credentials, as the real ones are: without them refused, with them (the real twilio client) sent.
         box = sandbox.Secrets.model_validate_json((server.home / sandbox.SECRETS_FILE).read_bytes())
         base = server.base + sandbox.PREFIX
         async with session.post(f"{base}/2010-04-01/Accounts/{box.twilio_account_sid}/Messages.json",
@@ -210,25 +210,16 @@ async def test_the_simulators_control_routes_refuse_a_request_without_the_operat
         async with session.get(f"{base}/sim/messages?to=%2B15551230000&wait=0", headers=server.auth()) as resp:
             assert (await resp.json())["messages"] == []
 
-        http = _RebasedTwilio(base)
+        sender = twilio_send.TwilioSender(timeout_s=10, api_base_url=base)
         try:
-            client = Client(box.twilio_account_sid, box.twilio_auth_token, http_client=http)
-            message = await client.messages.create_async(to="+15551230000", from_=info["sms_number"],
-                                                         body="straight through the simulator")
+            result = await sender.send(outbound.OutboundRequest(
+                queue_id=1, to="+15551230000", body="straight through the simulator",
+                channel=outbound.SenderChannel(id=1, tenant_id=1, kind=ChannelKind.TWILIO_SMS,
+                                               address=info["sms_number"], account_sid=box.twilio_account_sid,
+                                               auth_token=box.twilio_auth_token)))
         finally:
-            await http.close()
+            await sender.close()
         async with session.get(f"{base}/sim/messages?to=%2B15551230000&wait=0", headers=server.auth()) as resp:
             [seen] = (await resp.json())["messages"]
-        assert seen["body"] == "straight through the simulator" and message.sid
-
-
-class _RebasedTwilio(AsyncTwilioHttpClient):
-    """The twilio package's async HTTP client, sending to the sandbox instead of api.twilio.com."""
-
-    def __init__(self, base: str) -> None:
-        super().__init__()
-        self._base = base
-
-    async def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        return await super().request(method, url.replace("https://api.twilio.com", self._base), *args, **kwargs)
+        assert seen["body"] == "straight through the simulator" and seen["sid"] == result.provider_message_id
 
