@@ -217,10 +217,12 @@ async def run(options: Options, stdin: IO[str], out: IO[str], err: IO[str],
         except ChatError as exc:
             err.write(f"parley chat: {exc}\n")
             return 1
-        if interactive:
-            via = "WhatsApp" if options.whatsapp else "SMS"
-            err.write(f"Chatting as {options.phone} with the sandbox's {via} number {chat.business}. "
-                      "Type a message and Enter; Ctrl-D to end.\n")
+        via = "WhatsApp" if options.whatsapp else "SMS"
+        # On stderr, piped or not: a script's stdout is the conversation alone, and a script (a test) that
+        # reads this line knows that every message sent from now on will be printed.
+        err.write(f"parley chat: {options.phone} writing to the sandbox's {via} number {chat.business}"
+                  + (". Type a message and Enter; Ctrl-D to end.\n" if interactive else "\n"))
+        err.flush()
         lines, _ = _lines(stdin)
         follower = asyncio.create_task(chat.follow(), name="chat-follow")
         try:

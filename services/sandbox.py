@@ -37,6 +37,7 @@ Q = queries.load(__file__, "sandbox.sql")
 log = logging.getLogger("parley.sandbox")
 
 PREFIX: Final = "/sandbox"
+DEFAULT_URL: Final = "http://127.0.0.1:8080"  # `make serve`'s, and `parley chat --url`'s default
 SECRETS_FILE: Final = "sandbox-secrets.json"
 # 555-0100 to 555-0199 are set aside for fiction in every North American area code: never a real phone.
 SMS_NUMBER: Final = "+12025550100"
@@ -123,7 +124,7 @@ def resolve(settings: Settings, url: str) -> Settings:
     if settings.processes > 1:
         log.warning("the sandbox runs one process: PARLEY_PROCESSES / --processes ignored",
                     extra={"processes": settings.processes})
-    simulator = AnyHttpUrl(url + PREFIX)
+    base = AnyHttpUrl(url + PREFIX)
     update: dict[str, object] = {
         "sandbox": True,
         "processes": 1,
@@ -133,12 +134,12 @@ def resolve(settings: Settings, url: str) -> Settings:
         "twilio_api_key_secret": None,
         "twilio_messaging_service_sid": None,
         "twilio_from_number": box.sms_number,
-        "twilio_api_base_url": simulator,
+        "twilio_api_base_url": base,
         "whatsapp_phone_number_id": box.whatsapp_phone_number_id,
         "whatsapp_app_secret": SecretStr(box.whatsapp_app_secret),
         "whatsapp_verify_token": SecretStr(box.whatsapp_verify_token),
         "whatsapp_access_token": SecretStr(box.whatsapp_access_token),
-        "whatsapp_graph_base_url": simulator,
+        "whatsapp_graph_base_url": base,
     }
     if settings.public_base_url is None:
         update["public_base_url"] = AnyHttpUrl(url)
@@ -149,9 +150,10 @@ def resolve(settings: Settings, url: str) -> Settings:
 
 def announce(settings: Settings, url: str, real_credentials: bool) -> None:
     """The start-up line that says, unmissably, that nothing reaches a real phone."""
+    where = "" if url == DEFAULT_URL else f" --url {url}"
     log.warning(
         "SANDBOX: no message reaches a real phone; the default tenant's numbers send to the simulator at "
-        f"{url}{PREFIX}. Talk to them with: parley chat --phone +15551230000 [--whatsapp]",
+        f"{url}{PREFIX}. Talk to them with: parley chat --phone +15551230000 [--whatsapp]{where}",
         extra={"sandbox": True, "simulator": url + PREFIX, "sms_number": settings.twilio_from_number,
                "whatsapp_phone_number_id": settings.whatsapp_phone_number_id,
                "real_credentials_ignored": real_credentials})

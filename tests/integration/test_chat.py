@@ -117,6 +117,38 @@ async def test_an_operator_message_to_the_phone_appears_in_the_chat(database_url
         rest, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, err.decode()
         assert rest == b""
+        sent = await sent_to(server)
+        assert [m["body"] for m in sent] == [HELP_TEXT, "Your table is ready"]
+        assert sent[1]["from"] == sent[0]["from"]  # from the number the phone wrote to
+
+
+async def test_a_first_operator_message_to_a_phone_that_never_wrote_goes_from_the_sandbox_number(
+        database_url, tmp_path):
+    stranger = "+15551239999"
+    async with serving(database_url, tmp_path / "home") as server:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "chat", "--phone", stranger, "--url", server.base,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=server.env())
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        try:
+            banner = await _line(proc.stderr)  # from here on the chat prints every message sent
+            assert stranger in banner, banner
+            async with aiohttp.ClientSession() as session:
+                async with session.get(server.base + "/sandbox/info", headers=server.auth()) as resp:
+                    number = (await resp.json())["sms_number"]
+                async with session.post(server.base + "/api/messages", headers=server.auth(),
+                                        json={"to": stranger, "channel": "sms", "body": "Welcome to the sandbox",
+                                              "class": "transactional"}) as resp:
+                    assert resp.status == 202, await resp.text()
+            assert await _line(proc.stdout) == "< Welcome to the sandbox"
+        finally:
+            proc.stdin.close()
+        rest, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert rest == b""
+        [sent] = await sent_to(server, stranger)
+        assert sent["from"] == number
 
 
 async def _line(stream: asyncio.StreamReader) -> str:
