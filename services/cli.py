@@ -1,4 +1,4 @@
-"""`parley serve | worker | dispatcher | migrate | classify | simulate`."""
+"""`parley serve | worker | dispatcher | migrate | classify | simulate | chat`."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def _check_operator_key(s: settings_mod.Settings) -> None:
 def serve(args: argparse.Namespace) -> None:
     from aiohttp import web
 
-    from services import processes, retention
+    from services import processes, retention, sandbox
     from services import web as web_mod
 
     s = _load()
@@ -80,21 +80,28 @@ def serve(args: argparse.Namespace) -> None:
     if args.processes is not None:
         s = s.model_copy(update={"processes": args.processes})
     sock = processes.inherited_socket()  # set when this is a helper of `--processes N`
-    background = web_mod.default_background(s)
+    real_credentials = bool(s.twilio_account_sid or s.whatsapp_phone_number_id)
     if sock is None:
         sock = processes.listening_socket(args.host, args.port)
+        s = sandbox.resolve(s, sandbox.local_url(sock))
+        if s.sandbox:
+            logs.configure(s.log_level, _secrets(s))  # the sandbox's tokens are scrubbed like real ones
+        background = web_mod.default_background(s)
         if s.processes > 1:
             background += (processes.supervise(s.processes - 1, sock),)
         background += (retention.background(s),)  # the first process only: helpers would repeat it
     else:
-        background += (processes.orphan_watch(),)
+        background = web_mod.default_background(s) + (processes.orphan_watch(),)
     app = web_mod.create_app(s, background=background)
 
     async def announce(_: web.Application) -> None:
         _settle_heap(agents=s.workers > 0)
         logging.getLogger("parley").info("serving", extra={"url": f"http://{args.host}:{args.port}",
                                                             "embedded_database": s.database_url is None,
+                                                            "sandbox": s.sandbox is True,
                                                             "pid": os.getpid()})
+        if s.sandbox:
+            sandbox.announce(s, sandbox.local_url(sock), real_credentials)
 
     app.on_startup.append(announce)
     web.run_app(app, sock=sock, access_log=None, print=None, shutdown_timeout=30)
@@ -198,6 +205,13 @@ def simulate(args: argparse.Namespace) -> None:
         raise SystemExit(2) from None
 
 
+def chat(args: argparse.Namespace) -> None:
+    from services import chat as chat_mod
+
+    raise SystemExit(chat_mod.main(_load(), url=args.url, phone_number=args.phone, whatsapp=args.whatsapp,
+                                   wait_s=args.wait))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="parley", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,6 +237,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     simulator.add_arguments(p_simulate)
     p_simulate.set_defaults(func=simulate)
+    p_chat = sub.add_parser("chat", help="talk to a sandbox `parley serve` as a phone: lines in, its messages out")
+    p_chat.add_argument("--phone", required=True, help="the phone you write from, E.164 (+15551230000)")
+    p_chat.add_argument("--whatsapp", action="store_true", help="write over WhatsApp instead of SMS")
+    p_chat.add_argument("--url", default="http://127.0.0.1:8080", help="the server (default %(default)s)")
+    p_chat.add_argument("--wait", type=float, default=15.0,
+                        help="seconds to wait, at most, for the replies to a piped line and at the end")
+    p_chat.set_defaults(func=chat)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -127,3 +127,5 @@ def configure(level: str = "INFO", secrets: Iterable[str] = (), stream: Any = No
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # pgserver narrates every pg_ctl call at info level, with full command lines.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # The twilio client logs every request (its URL carries the recipient's number) at info level.
+    logging.getLogger("twilio").setLevel(logging.WARNING)

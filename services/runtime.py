@@ -53,25 +53,30 @@ def operator_api_key(settings: Settings) -> str:
 
 
 def _generate(path: Path) -> None:
-    """Write a new key to `path` unless another process gets there first.
+    if write_once(path, secrets.token_urlsafe(32) + "\n"):
+        log.warning("PARLEY_API_KEY is not set: generated an operator API key", extra={"path": str(path)})
 
-    The key is written whole under a temporary name and fsync'd before it takes the real name, so a
-    crash leaves either no file (and the next start generates one) or the whole key, never the empty
+
+def write_once(path: Path, text: str) -> bool:
+    """Write `text` (mode 0600) to `path` unless another process gets there first; True if this one did.
+
+    The text is written whole under a temporary name and fsync'd before it takes the real name, so a
+    crash leaves either no file (and the next start generates one) or the whole text, never the empty
     file that used to let `Authorization: Bearer` with no token in. It takes the name by link(), a
-    rename that fails when the name exists: two processes starting at once keep the first key, where
+    rename that fails when the name exists: two processes starting at once keep the first file, where
     a rename would replace it under the process already using it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(secrets.token_urlsafe(32) + "\n")
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         try:
             os.link(temporary, path)
         except FileExistsError:
-            return  # another process won: its key is the key
+            return False  # another process won: its file is the file
         except OSError:
             os.replace(temporary, path)  # a file system without hard links
         directory = os.open(path.parent, os.O_RDONLY)
@@ -79,7 +84,7 @@ def _generate(path: Path) -> None:
             os.fsync(directory)  # the new name itself survives a crash
         finally:
             os.close(directory)
-        log.warning("PARLEY_API_KEY is not set: generated an operator API key", extra={"path": str(path)})
+        return True
     finally:
         temporary.unlink(missing_ok=True)
 

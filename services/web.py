@@ -30,6 +30,10 @@ def create_app(settings: Settings, *, background: tuple[BackgroundFactory, ...] 
     app.add_routes(webhooks.routes())
     app.add_routes(api.routes())
     app.add_subapp("/api", api.create_app(api.api_routes(), agents_api.routes(), messages_api.routes()))
+    if settings.sandbox:  # decided by sandbox.resolve in `parley serve`
+        from services import sandbox
+
+        app.add_subapp(sandbox.PREFIX, sandbox.create_app(settings))
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         async with runtime_mod.open_runtime(settings) as runtime:

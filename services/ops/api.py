@@ -91,7 +91,9 @@ async def readyz(request: web.Request) -> web.Response:
         except Exception as exc:  # noqa: BLE001
             checks["redis"] = f"unreachable ({type(exc).__name__})"
     ready = all(v == "ok" for v in checks.values())
-    return web.json_response({"status": "ready" if ready else "not ready", "checks": checks},
+    # Whether messages reach real phones or the embedded simulator (services/sandbox.py).
+    return web.json_response({"status": "ready" if ready else "not ready", "checks": checks,
+                              "sandbox": runtime.settings.sandbox is True},
                              status=200 if ready else 503)
 
 

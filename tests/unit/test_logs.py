@@ -85,3 +85,10 @@ async def test_flush_writes_what_is_pending_when_the_loop_stops(stream):
     logging.getLogger("parley.test").info("last words")
     logging.shutdown()  # what the interpreter runs at exit
     assert lines(stream)[0]["msg"] == "last words"
+
+
+def test_the_twilio_clients_request_lines_stay_out_of_the_log_and_its_warnings_do_not(stream):
+    # twilio.http_client logs each request's URL and query (To=+1...) at info level.
+    logging.getLogger("twilio.http_client").info("-- BEGIN Twilio API Request --  To=+15551230000")
+    logging.getLogger("twilio.http_client").warning("connection pool is full")
+    assert [line["msg"] for line in lines(stream)] == ["connection pool is full"]

@@ -1,0 +1,225 @@
+"""`parley serve` with no provider credentials runs the sandbox: the default tenant's numbers send to the
+embedded simulator, /readyz and the start-up log say so, and the simulator's control routes need the
+operator key. With credentials it is off unless PARLEY_SANDBOX=1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from services import sandbox
+from services.channels import outbound, twilio_send
+from services.channels.base import ChannelKind
+from tests import support
+from tests.integration.test_processes import _free_port
+
+START_TIMEOUT_S = 90
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    base: str
+    home: Path
+    log: Path
+
+    @property
+    def api_key(self) -> str:
+        return (self.home / "api-key").read_text().strip()
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for raw in self.log.read_text().splitlines():
+            try:
+                lines.append(json.loads(raw))
+            except ValueError:
+                continue
+        return lines
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of a `parley` command run beside this server (the chat), with its PARLEY_HOME."""
+        env = clean_env()
+        env.update(PARLEY_HOME=str(self.home), **extra)
+        return env
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("PARLEY_", "OPENAI_", "TWILIO_", "WHATSAPP_", "PUBLIC_BASE_URL", "DATABASE_URL"))}
+
+
+def _spawn(database_url: str, home: Path, extra: dict[str, str]) -> Server:
+    port = _free_port()
+    env = clean_env()
+    # Quiet hours off: what a test sends must not depend on the hour it runs at.
+    env.update(DATABASE_URL=database_url, PARLEY_HOME=str(home), PARLEY_QUIET_HOURS="",
+               PARLEY_POLL_INTERVAL_S="0.2", PARLEY_DB_POOL_SIZE="6", **extra)
+    home.mkdir(parents=True, exist_ok=True)
+    # A file, not a pipe: nobody reads a pipe while the test runs, and a full one would stall the server.
+    log = home.parent / f"serve-{port}.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(port)], env=env,
+                                stdout=sink, stderr=subprocess.STDOUT)
+    return Server(proc, f"http://127.0.0.1:{port}", home, log)
+
+
+@asynccontextmanager
+async def serving(database_url: str, home: Path, **extra: str) -> AsyncIterator[Server]:
+    """A real `parley serve` on a free port, ready; stopped with SIGTERM on exit (and required to exit 0)."""
+    server = _spawn(database_url, home, extra)
+    proc, log = server.proc, server.log
+    try:
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                assert proc.poll() is None, f"parley serve exited: {log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"parley serve not ready: {log.read_text()[-3000:]}"
+                try:
+                    async with session.get(server.base + "/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                except (aiohttp.ClientError, OSError):
+                    pass
+                await asyncio.sleep(0.1)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.to_thread(proc.wait, 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+    assert code == 0, log.read_text()[-3000:]
+
+
+async def get(server: Server, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.get(server.base + path, **kwargs) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_without_provider_credentials_serve_runs_the_sandbox_and_says_so(database_url, db, tmp_path):
+    async with serving(database_url, tmp_path / "home") as server:
+        status, ready = await get(server, "/readyz")
+        assert status == 200 and ready["sandbox"] is True, ready
+        [line] = [line for line in server.log_lines() if line.get("logger") == "parley.sandbox"
+                  and line["level"] == "warning"]
+        assert "SANDBOX" in line["msg"] and "parley chat" in line["msg"]
+        assert line["real_credentials_ignored"] is False
+        [serving_line] = [line for line in server.log_lines() if line["msg"] == "serving"]
+        assert serving_line["sandbox"] is True
+
+        secrets_file = server.home / sandbox.SECRETS_FILE
+        assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+        box = sandbox.Secrets.model_validate_json(secrets_file.read_bytes())
+        channels = {(r["kind"], r["address"]): r for r in await db.fetch(
+            "SELECT kind, address, account_sid, credentials, active FROM channels c "
+            "JOIN tenants t ON t.id = c.tenant_id WHERE t.slug = 'default'")}
+        assert channels[("twilio_sms", "*")]["account_sid"] == box.twilio_account_sid
+        assert channels[("twilio_sms", "*")]["credentials"]["auth_token"] == box.twilio_auth_token
+        assert channels[("whatsapp_cloud", box.whatsapp_phone_number_id)]["active"]
+        # No token reaches the log.
+        text = server.log.read_text()
+        assert box.twilio_auth_token not in text and box.whatsapp_access_token not in text
+
+    # A restart keeps the sandbox's credentials, so its channels and their conversations stay.
+    async with serving(database_url, tmp_path / "home") as server:
+        assert sandbox.Secrets.model_validate_json((server.home / sandbox.SECRETS_FILE).read_bytes()) == box
+
+
+async def test_with_provider_credentials_the_sandbox_is_off_and_the_chat_says_so(database_url, tmp_path):
+    credentials = {"TWILIO_ACCOUNT_SID": support.ACCOUNT_SID, "TWILIO_AUTH_TOKEN": support.AUTH_TOKEN}
+    async with serving(database_url, tmp_path / "home", **credentials) as server:
+        status, ready = await get(server, "/readyz")
+        assert status == 200 and ready["sandbox"] is False, ready
+        status, _ = await get(server, "/sandbox/info", headers=server.auth())
+        assert status == 404
+        assert not (server.home / sandbox.SECRETS_FILE).exists()
+        chat = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "services.cli", "chat", "--phone", "+15551230000",
+                             "--url", server.base], input="HELP\n", capture_output=True, text=True,
+            env=server.env(), timeout=60)
+        assert chat.returncode == 1
+        assert "not in sandbox mode" in chat.stderr and chat.stdout == ""
+
+
+async def test_sandbox_on_top_of_real_credentials_when_asked(database_url, tmp_path):
+    credentials = {"TWILIO_ACCOUNT_SID": support.ACCOUNT_SID, "TWILIO_AUTH_TOKEN": support.AUTH_TOKEN,
+                   "PARLEY_SANDBOX": "1"}
+    async with serving(database_url, tmp_path / "home", **credentials) as server:
+        status, ready = await get(server, "/readyz")
+        assert ready["sandbox"] is True
+        [line] = [line for line in server.log_lines() if line.get("logger") == "parley.sandbox"
+                  and line["level"] == "warning"]
+        assert line["real_credentials_ignored"] is True
+
+
+CONTROL_ROUTES = [
+    ("GET", "/sandbox/sim/messages?to=%2B15551230000"),
+    ("POST", "/sandbox/sim/inbound"),
+    ("POST", "/sandbox/sim/reset"),
+    ("POST", "/sandbox/sim/config"),
+    ("GET", "/sandbox/sim/stats"),
+    ("GET", "/sandbox/sim/no-such-route"),
+    ("GET", "/sandbox/info"),
+    ("GET", "/sandbox/pending?phone=%2B15551230000"),
+]
+
+
+async def test_the_simulators_control_routes_refuse_a_request_without_the_operator_key(database_url, tmp_path):
+    async with serving(database_url, tmp_path / "home") as server, aiohttp.ClientSession() as session:
+        for method, path in CONTROL_ROUTES:
+            for headers in ({}, {"Authorization": "Bearer not-the-key"}, {"Authorization": server.api_key}):
+                async with session.request(method, server.base + path, headers=headers, json={}) as resp:
+                    assert resp.status == 401, (method, path, headers)
+                    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+        async with session.get(server.base + "/sandbox/info", headers=server.auth()) as resp:
+            assert resp.status == 200
+            info = await resp.json()
+        async with session.get(server.base + "/sandbox/sim/messages?to=%2B15551230000&wait=0",
+                               headers=server.auth()) as resp:
+            assert resp.status == 200
+
+        # The providers' own APIs are not behind the operator key but behind the sandbox's provider
+        # credentials, as the real ones are: without them refused, with them (the real twilio client) sent.
+        box = sandbox.Secrets.model_validate_json((server.home / sandbox.SECRETS_FILE).read_bytes())
+        base = server.base + sandbox.PREFIX
+        async with session.post(f"{base}/2010-04-01/Accounts/{box.twilio_account_sid}/Messages.json",
+                                data={"To": "+15551230000", "From": info["sms_number"], "Body": "x"}) as resp:
+            assert resp.status == 401
+        async with session.post(f"{base}/v23.0/{box.whatsapp_phone_number_id}/messages",
+                                json={"messaging_product": "whatsapp", "to": "15551230000", "type": "text",
+                                      "text": {"body": "x"}}) as resp:
+            assert resp.status in (400, 401)
+        async with session.get(f"{base}/sim/messages?to=%2B15551230000&wait=0", headers=server.auth()) as resp:
+            assert (await resp.json())["messages"] == []
+
+        sender = twilio_send.TwilioSender(timeout_s=10, api_base_url=base)
+        try:
+            result = await sender.send(outbound.OutboundRequest(
+                queue_id=1, to="+15551230000", body="straight through the simulator",
+                channel=outbound.SenderChannel(id=1, tenant_id=1, kind=ChannelKind.TWILIO_SMS,
+                                               address=info["sms_number"], account_sid=box.twilio_account_sid,
+                                               auth_token=box.twilio_auth_token)))
+        finally:
+            await sender.close()
+        async with session.get(f"{base}/sim/messages?to=%2B15551230000&wait=0", headers=server.auth()) as resp:
+            [seen] = (await resp.json())["messages"]
+        assert seen["body"] == "straight through the simulator" and seen["sid"] == result.provider_message_id
+
