@@ -1,4 +1,4 @@
-"""`parley serve | worker | dispatcher | migrate | classify`."""
+"""`parley serve | worker | dispatcher | migrate | classify | simulate`."""
 
 from __future__ import annotations
 
@@ -186,6 +186,18 @@ def classify(args: argparse.Namespace) -> None:
     asyncio.run(run())
 
 
+def simulate(args: argparse.Namespace) -> None:
+    from services import badinput
+    from services.simulator import main as simulator
+
+    s = _load()
+    try:
+        simulator.run(s, args)
+    except badinput.BadInput as exc:
+        print(f"parley: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="parley", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,6 +218,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p_dispatcher.set_defaults(func=dispatcher)
     p_classify = sub.add_parser("classify", help="classify messages read one per line on stdin (JSON lines out)")
     p_classify.set_defaults(func=classify)
+    p_simulate = sub.add_parser("simulate", help="a local Twilio and WhatsApp Cloud API stand-in (the simulator)")
+    from services.simulator import main as simulator
+
+    simulator.add_arguments(p_simulate)
+    p_simulate.set_defaults(func=simulate)
     args = parser.parse_args(argv)
     try:
         args.func(args)
