@@ -434,7 +434,7 @@ def cpu_snapshot(run: Run) -> dict[str, float]:
 
 def cpu_delta(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
     d = {k: (after[k] - before.get(k, 0.0)) / wall for k in after}
-    d["other"] = d.pop("machine") - sum(v for k, v in d.items() if k != "ceiling_client")
+    d["other"] = d.pop("machine") - sum(d.values())
     return d
 
 
@@ -518,16 +518,20 @@ def drive_ceiling(run: Run, rnd: Round) -> None:
     spec = run.tmp / f"ceiling-{rnd.number}.json"
     spec.write_text(json.dumps({"requests": requests, "concurrency": run.a.concurrency}))
     cpu0 = cpu_snapshot(run)
+    children0 = ingest.rusage_s(ingest.resource.RUSAGE_CHILDREN)
     started = time.time()
     proc = run.procs.start([sys.executable, str(Path(__file__).resolve()), "_ceiling", str(spec)],
                            stdout=subprocess.PIPE)
     run.pids["ceiling_client"] = proc.pid
     out, _ = proc.communicate()
     wall = time.time() - started
-    cpu = cpu_delta(cpu0, cpu_snapshot(run), wall)
     run.pids.pop("ceiling_client", None)
+    cpu = cpu_delta(cpu0, cpu_snapshot(run), wall)
+    # The client has exited: its CPU is in this process's children's rusage, not in /proc.
+    cpu["ceiling_client"] = (ingest.rusage_s(ingest.resource.RUSAGE_CHILDREN) - children0) / wall
+    cpu["other"] -= cpu["ceiling_client"]
     result = json.loads(out)
-    result["cpu_cores"] = cpu
+    result["cpu_cores"], result["waited_s"] = cpu, wall
     rnd.results["ceiling"] = result
     fetch_accepted(run)
 
@@ -720,6 +724,19 @@ def report(run: Run, meta: dict[str, Any], check: dict[str, Any], outcome: dict[
         c = r.results.get("ceiling", {})
         if c and c.get("sent") != c.get("requests"):
             lines.append(f"  round {r.number}: the ceiling's statuses {c.get('statuses')}")
+    lines.append("")
+    lines.append("CPU per message sent, ms (cores x drain / sent), median over rounds; 'other' is not this run:")
+    for target, names in (("parley", ("dispatcher", "simulator", "postgres", "serve", "redis", "other")),
+                          ("ceiling", ("ceiling_client", "simulator", "postgres", "serve", "other"))):
+        per: dict[str, list[float]] = defaultdict(list)
+        for r in run.rounds:
+            res = r.results.get(target, {})
+            wall = res.get("waited_s") or res.get("drain_s") or 0
+            if res.get("sent"):
+                for k, v in res.get("cpu_cores", {}).items():
+                    per[k].append(v * wall / res["sent"] * 1e3)
+        lines.append(f"  {target:8s} " + ", ".join(
+            f"{k} {statistics.median(per[k]):.2f}" for k in names if per.get(k)))
     sp, sc, sr = summary["parley_per_s"], summary["ceiling_per_s"], summary["ratio"]
     ratio_ok = (sr["median"] or 0) >= 0.40
     rate_ok = (sp["median"] or 0) >= 2000
