@@ -28,7 +28,7 @@ import random
 import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -131,7 +131,7 @@ class _Outcomes:
             return []
         budgets = [_counters_json(user_id, c) for user_id, c in self.budgets.items()]
         rows: list[asyncpg.Record] = await conn.fetch(Q.move, self.moves, self.verdicts, budgets, dispatcher_id,
-                                                      now, lease_s)
+                                                      now, lease_s, [m["id"] for m in self.moves])
         return rows
 
 
@@ -269,8 +269,8 @@ class Dispatcher:
                     raise
                 await asyncio.sleep(random.uniform(0, 0.02 * attempt))
                 continue
-            attempts = {r["id"]: r["attempts"] for r in moved if r["status"] == "sending"}
-            return len(rows), [replace(p, attempts=attempts[p.id]) for p in pending if p.id in attempts]
+            sending = {r["id"] for r in moved if r["status"] == "sending"}
+            return len(rows), [p for p in pending if p.id in sending]
         return None
 
     def _decide(self, rows: Sequence[asyncpg.Record], now: datetime) -> tuple[_Outcomes, list[InFlight]]:
@@ -292,7 +292,7 @@ class Dispatcher:
                 newer_reply_queued=r["newer_reply_queued"], counters=current, tenant_id=r["tenant_id"],
                 user_id=user_id, conversation_id=r["conversation_id"])
             decision = gates.evaluate(candidate, policy, now)
-            detail: dict[str, Any] = {"passed": decision.passed, "zone": decision.zone}
+            detail: dict[str, Any] = {"passed": decision.passed, "zone": decision.zone, "by": self.dispatcher_id}
             if decision.action is not gates.Action.SEND:
                 outcomes.add(r["id"], r["attempts"], claimed=True, status=decision.status, gate=decision.gate.value,
                              verdict=decision.verdict, reason=decision.reason, until=decision.until, detail=detail,
@@ -347,7 +347,8 @@ class Dispatcher:
                                   template=rendered.template, status_callback_url=callback)
         rate = _number(r["send_rate"]) or throughput_mod.default_rate(kind, r["channel_address"])
         burst = _number(r["send_burst"]) or throughput_mod.default_burst(rate)
-        return InFlight(r["id"], r["tenant_id"], r["user_id"], r["class"], r["attempts"], r["max_attempts"],
+        # attempts + 1: what `move` makes it, under the claim's lock (the fence of what follows).
+        return InFlight(r["id"], r["tenant_id"], r["user_id"], r["class"], r["attempts"] + 1, r["max_attempts"],
                         request, rendered, now, decision.zone, rate, burst)
 
     async def _pace(self, sending: list[InFlight], now: datetime) -> list[InFlight]:
@@ -550,8 +551,9 @@ async def record_sent(conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]
     which records only rows still 'unknown'."""
     if not rows:
         return []
-    await conn.execute(Q.lock_owned, [r["id"] for r in rows])
-    recorded: list[asyncpg.Record] = await conn.fetch(Q.record_sent, list(rows), dispatcher_id, now, reason)
+    ids = [r["id"] for r in rows]
+    await conn.execute(Q.lock_owned, ids)
+    recorded: list[asyncpg.Record] = await conn.fetch(Q.record_sent, list(rows), dispatcher_id, now, reason, ids)
     return recorded
 
 

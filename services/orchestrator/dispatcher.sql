@@ -60,7 +60,8 @@ ORDER BY n.priority DESC, n.next_attempt_at, n.id;
 -- this dispatcher (or, for the reconciler, the row's own locked_by) still holds it at that attempt
 -- (the fence: a row whose lease lapsed and was settled, or taken over, is left alone). A row put back in line for a user who opted out meanwhile is canceled
 -- instead (the queue's opt-out trigger would refuse the move).
--- $1 = moves, $2 = verdicts, $3 = budget rows (jsonb arrays), $4 = dispatcher id, $5 = now, $6 = lease s
+-- $1 = moves, $2 = verdicts, $3 = budget rows (jsonb arrays), $4 = dispatcher id, $5 = now, $6 = lease s,
+-- $7 = the moves' queue ids
 WITH m AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS x (
         id bigint, attempts integer, claimed boolean, locked_by text, status text, next_attempt_at timestamptz,
@@ -91,7 +92,8 @@ moved AS (
                               ELSE q.sends_template END,
         updated_at = now(), status_updated_at = $5::timestamptz
     FROM m, users u
-    WHERE q.id = m.id AND u.id = q.user_id AND q.attempts = m.attempts
+    -- q.id = ANY: the planner cannot see how few rows m holds, and would scan the whole queue for them.
+    WHERE q.id = ANY($7::bigint[]) AND q.id = m.id AND u.id = q.user_id AND q.attempts = m.attempts
       AND CASE WHEN m.claimed THEN q.status IN ('queued', 'deferred')
                ELSE q.status IN ('sending', 'unknown') AND q.locked_by = COALESCE(m.locked_by, $4) END
     RETURNING q.id, q.tenant_id, q.status, q.attempts
@@ -142,7 +144,7 @@ SELECT id FROM message_queue WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
 -- moves. Fenced: a dispatcher's result only while it holds the row at that attempt ($2), the
 -- reconciler's ($2 NULL) only for an 'unknown' row. The messages row is inserted once per provider id.
 -- $1 = rows (jsonb: id, attempts, provider_message_id, provider_status, error_code, segments, body, template),
--- $2 = dispatcher id or NULL, $3 = now, $4 = verdict reason prefix
+-- $2 = dispatcher id or NULL, $3 = now, $4 = verdict reason prefix, $5 = the rows' queue ids (as in move)
 WITH r AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS x (
         id bigint, attempts integer, provider_message_id text, provider_status text, error_code text,
@@ -156,7 +158,7 @@ rows AS (
                 THEN s.status ELSE r.provider_status END AS best_status,
            COALESCE(s.error_code, r.error_code) AS error_code, s.error_message
     FROM r
-    JOIN message_queue q ON q.id = r.id AND q.attempts = r.attempts
+    JOIN message_queue q ON q.id = ANY($5::bigint[]) AND q.id = r.id AND q.attempts = r.attempts
          AND CASE WHEN $2::text IS NULL THEN q.status = 'unknown'
                   ELSE q.status IN ('sending', 'unknown') AND q.locked_by = $2 END
     JOIN channels ch ON ch.id = q.channel_id

@@ -4,7 +4,10 @@ enforced before any call, templates chosen when the gates say so."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from services.channels import segments
 from services.channels.base import ChannelKind
 from services.orchestrator import render
 
@@ -43,3 +46,9 @@ def test_the_template_goes_when_chosen_or_when_there_is_no_body() -> None:
     assert only.template is not None and only.cost == 1
     with pytest.raises(render.RenderError):
         render.render(ChannelKind.TWILIO_SMS, None, None, None, None, use_template=False)
+
+
+@given(st.text(alphabet=st.sampled_from([*map(chr, range(0x20, 0x7F)), "\n", "\r", "€", "é", "ç"]), max_size=700))
+def test_the_plain_ascii_fast_path_counts_as_the_segment_module_does(body: str) -> None:
+    counted = segments.count(body)
+    assert render.sms_segments(body) == (counted.segments, {"GSM-7": "gsm7", "UCS-2": "ucs2"}[counted.encoding])
