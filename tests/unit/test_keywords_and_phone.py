@@ -33,3 +33,17 @@ def test_numbers_are_normalised_to_e164(raw, e164):
 
 def test_mask_keeps_country_code_and_last_digits():
     assert phone.mask("+14155550101") == "+14*******01"
+
+
+@pytest.mark.parametrize("raw", ["+14155550123", "whatsapp:+447700900123", "16505551234", "+390612345678",
+                                 "+61 2 9374 4000", "+442079460000 ext. 12"])
+def test_a_time_zone_is_the_same_whether_or_not_the_number_was_just_normalised(raw):
+    # time_zone_for reuses the number to_e164 just parsed; it must find what a fresh parse finds.
+    phone._to_e164.cache_clear()
+    phone.time_zone_for.cache_clear()
+    e164 = phone.to_e164(raw)
+    assert e164 is not None
+    reused = phone.time_zone_for(e164)
+    phone.time_zone_for.cache_clear()
+    phone._PARSED.clear()
+    assert reused == phone.time_zone_for(e164)
