@@ -193,16 +193,26 @@ async def _line(stream: asyncio.StreamReader | None) -> str:
     return (await asyncio.wait_for(stream.readline(), 60)).decode().rstrip("\n")
 
 
-async def test_the_chat_says_so_when_no_server_is_running(tmp_path):
+@pytest.mark.parametrize("key", ["some-key\n", None])
+async def test_the_chat_says_so_when_no_server_is_running(tmp_path, key):
     home = tmp_path / "home"
     home.mkdir()
-    (home / "api-key").write_text("some-key\n")
+    if key is not None:
+        (home / "api-key").write_text(key)
+    # With a key file or none (a server never started here wrote none), the missing server is the news.
     code, out, err = await chat(None, "HELP\n", url=f"http://127.0.0.1:{_free_port()}", PARLEY_HOME=str(home))
     assert code == 1 and out == ""
-    assert "no Parley server at" in err and "make serve" in err, err
+    assert err.startswith("parley chat: no Parley server at") and "make serve" in err, err
+    assert len(err.splitlines()) == 1, err
 
 
 async def test_the_chat_says_so_when_its_key_is_refused(server):
     code, out, err = await chat(server, "HELP\n", phone="+15551230050", PARLEY_API_KEY="not-the-servers-key")
     assert code == 1 and out == ""
     assert "refused the operator key" in err, err
+
+
+async def test_the_chat_says_so_when_it_has_no_key(server, tmp_path):
+    code, out, err = await chat(server, "HELP\n", phone="+15551230060", PARLEY_HOME=str(tmp_path / "elsewhere"))
+    assert code == 1 and out == ""
+    assert "no operator key" in err and str(tmp_path / "elsewhere" / "api-key") in err, err

@@ -57,9 +57,7 @@ class Server:
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of a `parley` command run beside this server (the chat), with its PARLEY_HOME."""
-        env = clean_env()
-        env.update(PARLEY_HOME=str(self.home), **extra)
-        return env
+        return {**clean_env(), "PARLEY_HOME": str(self.home), **extra}
 
 
 def clean_env() -> dict[str, str]:
