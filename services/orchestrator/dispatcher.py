@@ -333,11 +333,7 @@ class Dispatcher:
             raise render_mod.RenderError("the user has no phone number to send to")
         rendered = render_mod.render(kind, r["body"], r["template_name"], r["template_language"],
                                      r["template_variables"], use_template=decision.use_template)
-        credentials = r["credentials"] or {}
-        channel = SenderChannel(
-            id=r["channel_id"], tenant_id=r["tenant_id"], kind=kind, address=r["channel_address"],
-            account_sid=r["account_sid"], messaging_service_sid=r["messaging_service_sid"],
-            auth_token=credentials.get("auth_token"), access_token=credentials.get("access_token"))
+        channel = sender_channel(self.settings, r, r["credentials"])
         callback = None
         base = self.settings.public_base
         if base and kind is not ChannelKind.WHATSAPP_CLOUD:
@@ -533,6 +529,20 @@ async def _provider_opt_out(conn: asyncpg.Connection, queue_id: int, user_id: in
     log.warning("provider reports the recipient opted out: consent changed",
                 extra={"queue_id": queue_id, "user_id": user_id, "consent_change_id": change_id,
                        "to": phone_mod.mask(to)})
+
+
+def sender_channel(settings: Settings, r: Mapping[str, Any], credentials: Mapping[str, Any] | None) -> SenderChannel:
+    """The channel a row goes out from, from its channels columns and credentials."""
+    credentials = credentials or {}
+    auth_token = credentials.get("auth_token")
+    if settings.twilio_api_key_sid and r["account_sid"] == settings.twilio_account_sid:
+        # The settings' account sends with its API key (Twilio's advice); the auth token the channel
+        # carries is for checking webhook signatures. The sender takes the key from its defaults.
+        auth_token = None
+    return SenderChannel(id=r["channel_id"], tenant_id=r["tenant_id"], kind=ChannelKind(r["channel_kind"]),
+                         address=r["channel_address"], account_sid=r["account_sid"],
+                         messaging_service_sid=r["messaging_service_sid"], auth_token=auth_token,
+                         access_token=credentials.get("access_token"))
 
 
 def sent_row(item: InFlight, result: SendResult) -> dict[str, Any]:
