@@ -42,7 +42,7 @@ class Options:
     url: str
     phone: str  # E.164
     whatsapp: bool
-    api_key: str
+    api_key: str | ChatError  # why there is none, said once the server is known to be there
     wait_s: float  # at most this long for the replies to each line (piped) and at the end
 
 
@@ -77,7 +77,7 @@ class Chat:
         self._options = options
         self._out = out
         self._base = options.url.rstrip("/")
-        self._auth = {"Authorization": f"Bearer {options.api_key}"}
+        self._auth = {"Authorization": f"Bearer {options.api_key}"} if isinstance(options.api_key, str) else {}
         self._seen = 0  # the simulator's sequence number of the last message printed
         self._business: str = ""  # the sandbox number (or WhatsApp phone_number_id) written to
 
@@ -122,6 +122,8 @@ class Chat:
             raise ChatError(f"the server at {self._options.url} is not in sandbox mode: it sends to real "
                             "phones. Start it without TWILIO_ACCOUNT_SID and WHATSAPP_PHONE_NUMBER_ID, "
                             "or with PARLEY_SANDBOX=1")
+        if isinstance(self._options.api_key, ChatError):
+            raise self._options.api_key
         info = await self._json("GET", "/sandbox/info")
         self._business = info["whatsapp_phone_number_id" if self._options.whatsapp else "sms_number"]
         self._seen = await self._latest()
@@ -271,9 +273,13 @@ async def _converse(chat: Chat, lines: asyncio.Queue[str | None], out: IO[str], 
 
 
 def main(settings: Settings, *, url: str, phone_number: str, whatsapp: bool, wait_s: float) -> int:
+    key: str | ChatError
     try:
-        options = Options(url=url, phone=e164(phone_number), whatsapp=whatsapp, api_key=api_key(settings),
-                          wait_s=wait_s)
+        key = api_key(settings)
+    except ChatError as exc:
+        key = exc
+    try:
+        options = Options(url=url, phone=e164(phone_number), whatsapp=whatsapp, api_key=key, wait_s=wait_s)
     except ChatError as exc:
         print(f"parley chat: {exc}", file=sys.stderr)
         return 1

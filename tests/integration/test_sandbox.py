@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from services import sandbox
 from services.channels import outbound, twilio_send
@@ -35,6 +37,7 @@ class Server:
     base: str
     home: Path
     log: Path
+    database_url: str
 
     @property
     def api_key(self) -> str:
@@ -54,9 +57,7 @@ class Server:
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of a `parley` command run beside this server (the chat), with its PARLEY_HOME."""
-        env = clean_env()
-        env.update(PARLEY_HOME=str(self.home), **extra)
-        return env
+        return {**clean_env(), "PARLEY_HOME": str(self.home), **extra}
 
 
 def clean_env() -> dict[str, str]:
@@ -64,7 +65,8 @@ def clean_env() -> dict[str, str]:
             if not k.startswith(("PARLEY_", "OPENAI_", "TWILIO_", "WHATSAPP_", "PUBLIC_BASE_URL", "DATABASE_URL"))}
 
 
-def _spawn(database_url: str, home: Path, extra: dict[str, str]) -> Server:
+def start(database_url: str, home: Path, **extra: str) -> Server:
+    """A real `parley serve` on a free port, once it is ready."""
     port = _free_port()
     env = clean_env()
     # Quiet hours off: what a test sends must not depend on the hour it runs at.
@@ -76,37 +78,41 @@ def _spawn(database_url: str, home: Path, extra: dict[str, str]) -> Server:
     with log.open("wb") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(port)], env=env,
                                 stdout=sink, stderr=subprocess.STDOUT)
-    return Server(proc, f"http://127.0.0.1:{port}", home, log)
+    server = Server(proc, f"http://127.0.0.1:{port}", home, log, database_url)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(server)
+            pytest.fail(f"parley serve did not become ready: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(server.base + "/readyz", timeout=5) as resp:
+                if resp.status == 200:
+                    return server
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+
+
+def stop(server: Server) -> None:
+    """SIGTERM, and the exit status must be 0 (SIGKILL after a minute, and a failure)."""
+    proc = server.proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait()
+    assert code == 0, server.log.read_text()[-3000:]
 
 
 @asynccontextmanager
 async def serving(database_url: str, home: Path, **extra: str) -> AsyncIterator[Server]:
-    """A real `parley serve` on a free port, ready; stopped with SIGTERM on exit (and required to exit 0)."""
-    server = _spawn(database_url, home, extra)
-    proc, log = server.proc, server.log
+    server = await asyncio.to_thread(start, database_url, home, **extra)
     try:
-        async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                assert proc.poll() is None, f"parley serve exited: {log.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, f"parley serve not ready: {log.read_text()[-3000:]}"
-                try:
-                    async with session.get(server.base + "/readyz") as resp:
-                        if resp.status == 200:
-                            break
-                except (aiohttp.ClientError, OSError):
-                    pass
-                await asyncio.sleep(0.1)
         yield server
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.to_thread(proc.wait, 60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
-    assert code == 0, log.read_text()[-3000:]
+        await asyncio.to_thread(stop, server)
 
 
 async def get(server: Server, path: str, **kwargs: Any) -> tuple[int, Any]:
