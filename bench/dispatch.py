@@ -660,10 +660,12 @@ def verify(run: Run) -> dict[str, Any]:
 
 
 def release_lags(run: Run, first: dict[int, datetime]) -> dict[str, Any]:
-    """For each row that was deferred and then sent: how long after its deferral ended it was accepted."""
+    """For each row that was deferred and then sent: how long after its last deferral ended it was
+    accepted, under the gate of that deferral (a row spaced, then held by its budget, counts once, as
+    the budget's)."""
     rows = ingest.sql(run.dsn, """
-        SELECT queue_id, gate, max(until) AS until FROM message_queue_verdicts
-        WHERE verdict = 'defer' AND until IS NOT NULL GROUP BY queue_id, gate""")
+        SELECT DISTINCT ON (queue_id) queue_id, gate, until FROM message_queue_verdicts
+        WHERE verdict = 'defer' AND until IS NOT NULL ORDER BY queue_id, id DESC""")
     lags: dict[str, list[float]] = defaultdict(list)
     waiting: Counter[str] = Counter()
     for r in rows:
