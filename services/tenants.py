@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import asyncpg
 
@@ -85,3 +86,18 @@ async def _sms_sender(conn: asyncpg.Connection, tenant_id: int, catch_all_id: in
     if settings.twilio_messaging_service_sid:
         return catch_all_id  # a catch-all sends through its Messaging Service
     return None
+
+
+POLICY_COLUMNS = ("time_zone", "quiet_hours", "budget_hourly", "budget_daily")
+
+
+async def set_policy(conn: asyncpg.Connection, tenant_id: int, changes: Mapping[str, object]) -> bool:
+    """Write the tenant's outbound defaults named in `changes` (keys from POLICY_COLUMNS; a value of
+    None: the settings' default; quiet_hours "": none). False when there is no such tenant."""
+    unknown = set(changes) - set(POLICY_COLUMNS)
+    if unknown:
+        raise ValueError(f"not tenant policy columns: {sorted(unknown)}")
+    args: list[object] = []
+    for column in POLICY_COLUMNS:
+        args += [column in changes, changes.get(column)]
+    return await conn.fetchval(Q.set_policy, tenant_id, *args) is not None

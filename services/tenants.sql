@@ -54,3 +54,16 @@ SELECT id, tenant_id, active FROM channels WHERE kind = $1 AND address = $2;
 -- $1 = tenant_id, $2 = SMS channel id, $3 = WhatsApp channel id
 UPDATE tenants SET default_sms_channel_id = $2, default_whatsapp_channel_id = $3, updated_at = now()
 WHERE id = $1;
+
+-- name: set_policy
+-- An operator's change to a tenant's outbound defaults (PATCH /api/tenant). Only the fields named
+-- change; NULL means the settings' default, quiet_hours '' none at all.
+-- $1 = tenant_id, $2 = set time_zone, $3 = time_zone, $4 = set quiet_hours, $5 = quiet_hours,
+-- $6 = set budget_hourly, $7 = budget_hourly, $8 = set budget_daily, $9 = budget_daily
+UPDATE tenants SET time_zone = CASE WHEN $2::boolean THEN $3::text ELSE time_zone END,
+                   quiet_hours = CASE WHEN $4::boolean THEN $5::text ELSE quiet_hours END,
+                   budget_hourly = CASE WHEN $6::boolean THEN $7::integer ELSE budget_hourly END,
+                   budget_daily = CASE WHEN $8::boolean THEN $9::integer ELSE budget_daily END,
+                   updated_at = now()
+WHERE id = $1
+RETURNING id;

@@ -16,7 +16,7 @@ from services.inbound import spool as spool_mod
 from services.inbound import store, webhooks
 from services.inbound.batcher import Batcher
 from services.inbound.directory import Channel, Directory
-from services.ops import agents_api, api
+from services.ops import agents_api, api, messages_api
 from services.settings import Settings
 
 BackgroundFactory = Callable[[web.Application], AsyncIterator[None]]
@@ -29,7 +29,7 @@ def create_app(settings: Settings, *, background: tuple[BackgroundFactory, ...] 
     app[appkeys.SETTINGS] = settings
     app.add_routes(webhooks.routes())
     app.add_routes(api.routes())
-    app.add_subapp("/api", api.create_app(api.api_routes(), agents_api.routes()))
+    app.add_subapp("/api", api.create_app(api.api_routes(), agents_api.routes(), messages_api.routes()))
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         async with runtime_mod.open_runtime(settings) as runtime:

@@ -4,6 +4,7 @@ queue rows written with plain SQL (the outbox owns the real INSERT; these tests 
 from __future__ import annotations
 
 import itertools
+import socket
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,12 @@ class World:
     tenant_id: int
     sms_channel_id: int
     whatsapp_channel_id: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def world(pool: asyncpg.Pool, settings: Settings) -> World:

@@ -1,6 +1,9 @@
 """The provider simulator in-process on a free port, for tests that send through the real clients.
 
-    from tests.simulation import simulation  # noqa: F401  (the fixture)
+    @pytest.fixture
+    async def simulation() -> AsyncIterator[Simulation]:
+        async with running(sim_config(parley_url=...)) as sim:
+            yield sim
 
     async def test_something(simulation: Simulation) -> None:
         settings = simulation.settings()          # TWILIO_API_BASE_URL etc. pointing at it
@@ -20,13 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from services import settings as settings_mod
 from services.channels.base import ChannelKind
 from services.channels.outbound import SenderChannel
-from services.simulator import MetaNumber, SimConfig, create_app, keys
+from services.simulator import MetaNumber, SimConfig, keys, serving
 from services.simulator.state import Store
 
 ACCOUNT_SID = "AC" + "a1" * 16
@@ -93,23 +95,8 @@ class Simulation:
 
 @asynccontextmanager
 async def running(config: SimConfig) -> AsyncIterator[Simulation]:
-    app = create_app(config)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Simulation(f"http://127.0.0.1:{port}", config, app, session)
-    finally:
-        await runner.cleanup()
-
-
-@pytest.fixture
-async def simulation() -> AsyncIterator[Simulation]:
-    async with running(sim_config()) as sim:
-        yield sim
+    async with serving(config, shutdown_timeout=0.5) as (base_url, app), aiohttp.ClientSession() as session:
+        yield Simulation(base_url, config, app, session)
 
 
 def sms_channel(**overrides: Any) -> SenderChannel:
@@ -120,7 +107,7 @@ def sms_channel(**overrides: Any) -> SenderChannel:
 
 
 def twilio_whatsapp_channel(**overrides: Any) -> SenderChannel:
-    return sms_channel(kind=ChannelKind.TWILIO_WHATSAPP, address=WHATSAPP_NUMBER, **overrides)
+    return sms_channel(**{"kind": ChannelKind.TWILIO_WHATSAPP, "address": WHATSAPP_NUMBER, **overrides})
 
 
 def cloud_channel(**overrides: Any) -> SenderChannel:

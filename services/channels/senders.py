@@ -39,10 +39,11 @@ class Senders:
             version=settings.whatsapp_graph_version,
             default_access_token=token.get_secret_value() if token else None)
 
-    def for_kind(self, kind: ChannelKind) -> Sender:
+    def for_kind(self, kind: ChannelKind | str) -> Sender:
+        """The sender for a channel kind, given as the enum or as stored ("twilio_sms")."""
         if kind in (ChannelKind.TWILIO_SMS, ChannelKind.TWILIO_WHATSAPP):
             return self.twilio
-        if kind is ChannelKind.WHATSAPP_CLOUD:
+        if kind == ChannelKind.WHATSAPP_CLOUD:
             return self.whatsapp_cloud
         raise ValueError(f"no sender for channel kind {kind!r}")
 

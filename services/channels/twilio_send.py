@@ -128,8 +128,11 @@ class _RebasedHttpClient(AsyncTwilioHttpClient):
                       auth: tuple[str, str] | None = None,
                       timeout: float | None = None,  # noqa: ASYNC109 - the SDK's signature
                       allow_redirects: bool = False) -> Response:
+        if auth is not None:
+            # As a header: aiohttp 3.14 deprecates the BasicAuth the SDK would build from the tuple.
+            headers = {**(headers or {}), "Authorization": aiohttp.encode_basic_auth(*auth)}
         response = await super().request(method, self._rebase(url), params=params, data=data, headers=headers,
-                                         auth=auth, timeout=timeout, allow_redirects=allow_redirects)
+                                         timeout=timeout, allow_redirects=allow_redirects)
         exchange = _EXCHANGE.get(None)
         if exchange is not None:
             exchange.headers = response.headers
@@ -269,7 +272,7 @@ def _message(exc: TwilioRestException | TwilioServiceException) -> str:
 
 
 def _to(request: OutboundRequest) -> str:
-    if request.channel.kind is ChannelKind.TWILIO_WHATSAPP:
+    if request.channel.kind == ChannelKind.TWILIO_WHATSAPP:
         return WHATSAPP_PREFIX + request.to
     return request.to
 
@@ -279,7 +282,7 @@ def _sender_params(channel: SenderChannel) -> dict[str, str]:
     through its Messaging Service when it is a catch-all ('*')."""
     address = channel.address
     if address and address != "*":
-        prefix = WHATSAPP_PREFIX if channel.kind is ChannelKind.TWILIO_WHATSAPP else ""
+        prefix = WHATSAPP_PREFIX if channel.kind == ChannelKind.TWILIO_WHATSAPP else ""
         return {"from_": prefix + address}
     if channel.messaging_service_sid:
         return {"messaging_service_sid": channel.messaging_service_sid}
@@ -305,7 +308,7 @@ def _create_params(request: OutboundRequest) -> dict[str, Any]:
 
 
 def _segments(request: OutboundRequest, message: Any) -> int | None:
-    if request.template is None and request.body and request.channel.kind is ChannelKind.TWILIO_SMS:
+    if request.template is None and request.body and request.channel.kind == ChannelKind.TWILIO_SMS:
         return segments.count(request.body).segments
     try:
         reported = int(message.num_segments or 0)

@@ -189,6 +189,9 @@ class Dispatcher:
                 if free <= 0:
                     await self._wait_for_slot(stop)
                     continue
+                # Cleared before the claim, not after it: a NOTIFY that arrives while this claim runs
+                # (rows it may have missed) leaves the event set, and the idle wait below returns at once.
+                self._wake.clear()
                 try:
                     claimed = await self.dispatch_once(min(self.batch_size, free))
                 except Exception:  # noqa: BLE001 - a database hiccup: back off, keep the loop alive
@@ -216,7 +219,6 @@ class Dispatcher:
                 timeout = max(0.0, min(timeout, (due - self.clock.now()).total_seconds()))
         except Exception:  # noqa: BLE001 - the poll interval still bounds the sleep
             pass
-        self._wake.clear()
         if stop.is_set():
             return
         with contextlib.suppress(TimeoutError):
@@ -224,6 +226,8 @@ class Dispatcher:
 
     async def _wait_for_slot(self, stop: asyncio.Event) -> None:
         self._wake.clear()
+        if stop.is_set() or len(self._in_flight) < self.concurrency:  # freed before the clear
+            return
         waiters = [asyncio.ensure_future(self._wake.wait())] + list(self._sends)
         try:
             await asyncio.wait(waiters, timeout=self.poll_interval_s, return_when=asyncio.FIRST_COMPLETED)
@@ -333,11 +337,7 @@ class Dispatcher:
             raise render_mod.RenderError("the user has no phone number to send to")
         rendered = render_mod.render(kind, r["body"], r["template_name"], r["template_language"],
                                      r["template_variables"], use_template=decision.use_template)
-        credentials = r["credentials"] or {}
-        channel = SenderChannel(
-            id=r["channel_id"], tenant_id=r["tenant_id"], kind=kind, address=r["channel_address"],
-            account_sid=r["account_sid"], messaging_service_sid=r["messaging_service_sid"],
-            auth_token=credentials.get("auth_token"), access_token=credentials.get("access_token"))
+        channel = sender_channel(self.settings, r, r["credentials"])
         callback = None
         base = self.settings.public_base
         if base and kind is not ChannelKind.WHATSAPP_CLOUD:
@@ -533,6 +533,20 @@ async def _provider_opt_out(conn: asyncpg.Connection, queue_id: int, user_id: in
     log.warning("provider reports the recipient opted out: consent changed",
                 extra={"queue_id": queue_id, "user_id": user_id, "consent_change_id": change_id,
                        "to": phone_mod.mask(to)})
+
+
+def sender_channel(settings: Settings, r: Mapping[str, Any], credentials: Mapping[str, Any] | None) -> SenderChannel:
+    """The channel a row goes out from, from its channels columns and credentials."""
+    credentials = credentials or {}
+    auth_token = credentials.get("auth_token")
+    if settings.twilio_api_key_sid and r["account_sid"] == settings.twilio_account_sid:
+        # The settings' account sends with its API key (Twilio's advice); the auth token the channel
+        # carries is for checking webhook signatures. The sender takes the key from its defaults.
+        auth_token = None
+    return SenderChannel(id=r["channel_id"], tenant_id=r["tenant_id"], kind=ChannelKind(r["channel_kind"]),
+                         address=r["channel_address"], account_sid=r["account_sid"],
+                         messaging_service_sid=r["messaging_service_sid"], auth_token=auth_token,
+                         access_token=credentials.get("access_token"))
 
 
 def sent_row(item: InFlight, result: SendResult) -> dict[str, Any]:

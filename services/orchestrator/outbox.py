@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -138,11 +138,15 @@ class Item:
     idempotency_key: str | None = None
     source_message_id: int | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    # Extra content the hash must cover that the row does not hold (e.g. the request's `to`).
-    hash_extra: tuple[tuple[str, str], ...] = field(default=())
+    # The request as its producer received it (the operator API's body, canonical JSON, key left out).
+    # When set, the key is compared on it rather than on the row's content: the row's channel and
+    # conversation are resolved, and may resolve differently the second time for the same request.
+    request: str | None = None
 
     def request_hash(self) -> str:
-        """What the idempotency key stands for: every field of the request but the key itself."""
+        """What the idempotency key stands for: the request, or every field of the row but the key."""
+        if self.request is not None:
+            return hashlib.sha256(f"{self.tenant_id}\n{self.request}".encode()).hexdigest()
         content: dict[str, Any] = {
             "tenant_id": self.tenant_id, "user_id": self.user_id, "conversation_id": self.conversation_id,
             "channel_id": self.channel_id, "class": self.klass.value, "reason": self.reason.value,
@@ -153,7 +157,6 @@ class Item:
             "scheduled_for": None if self.scheduled_for is None else self.scheduled_for.isoformat(),
             "expires_at": None if self.expires_at is None else self.expires_at.isoformat(),
             "source_message_id": self.source_message_id, "max_attempts": self.max_attempts,
-            "extra": dict(self.hash_extra),
         }
         encoded = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(encoded.encode()).hexdigest()

@@ -50,8 +50,8 @@ VALUES ($1, $2, 'operator', $3, $4, $5);
 SELECT default_sms_channel_id, default_whatsapp_channel_id FROM tenants WHERE id = $1;
 
 -- name: channel
--- A channel of this tenant that can send: active, and not a catch-all unless it has a Messaging
--- Service to send through.
+-- A channel of this tenant (outbox.py checks it can send: active, of the family, and not a catch-all
+-- unless it has a Messaging Service to send through).
 -- $1 = tenant_id, $2 = channel id
 SELECT id, kind, address, active, messaging_service_sid FROM channels WHERE tenant_id = $1 AND id = $2;
 
@@ -60,5 +60,7 @@ SELECT id, kind, address, active, messaging_service_sid FROM channels WHERE tena
 -- $1 = tenant_id, $2 = user_id, $3 = channel kinds
 SELECT c.id AS conversation_id, c.channel_id FROM conversations c JOIN channels ch ON ch.id = c.channel_id
 WHERE c.tenant_id = $1 AND c.user_id = $2 AND ch.kind = ANY($3::text[]) AND ch.active
+  -- a catch-all has no number to send from unless it sends through a Messaging Service
+  AND (ch.address <> '*' OR ch.messaging_service_sid IS NOT NULL)
 ORDER BY c.last_inbound_at DESC NULLS LAST, c.last_message_at DESC, c.id DESC
 LIMIT 1;

@@ -27,7 +27,7 @@ import asyncpg
 from db import notify, queries
 from db import pool as db_pool
 from services.channels.base import ChannelKind, StatusUpdate
-from services.channels.outbound import OutboundRequest, SenderChannel, SendError
+from services.channels.outbound import OutboundRequest, SendError
 from services.inbound import statuses
 from services.orchestrator import clock as clock_mod
 from services.orchestrator import dispatcher as dispatcher_mod
@@ -154,11 +154,7 @@ class Reconciler:
                                          row["template_variables"], use_template=row["sends_template"])
         except render_mod.RenderError:
             rendered = render_mod.Rendered(row["body"], None, None, None)
-        credentials = credentials or {}
-        channel = SenderChannel(id=row["channel_id"], tenant_id=row["tenant_id"], kind=kind,
-                                address=row["channel_address"], account_sid=row["account_sid"],
-                                messaging_service_sid=row["messaging_service_sid"],
-                                auth_token=credentials.get("auth_token"), access_token=credentials.get("access_token"))
+        channel = dispatcher_mod.sender_channel(self.settings, row, credentials)
         return OutboundRequest(queue_id=row["id"], channel=channel, to=row["phone"], body=rendered.body,
                                template=rendered.template)
 

@@ -5,7 +5,7 @@ inbound webhooks to Parley, and offers a control API under /sim/ (docs/outbound-
 provider simulator"). Tests run it in-process (tests/simulation.py); `parley simulate` runs it alone.
 """
 
-from services.simulator.app import create_app
+from services.simulator.app import create_app, serving
 from services.simulator.config import Knobs, MetaNumber, SimConfig
 
-__all__ = ["Knobs", "MetaNumber", "SimConfig", "create_app"]
+__all__ = ["Knobs", "MetaNumber", "SimConfig", "create_app", "serving"]

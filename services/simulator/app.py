@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import aiohttp
 from aiohttp import web
@@ -55,3 +56,21 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
     await asyncio.gather(*store.tasks, return_exceptions=True)
     await session.close()
+
+
+@asynccontextmanager
+async def serving(config: SimConfig, host: str = "127.0.0.1", port: int = 0,
+                  shutdown_timeout: float = 5.0) -> AsyncIterator[tuple[str, web.Application]]:
+    """Run the simulator inside the caller's event loop (the sandbox in `parley serve`, tests):
+    (its base URL, its application) until the block ends. Port 0 picks a free one."""
+    app = create_app(config)
+    # A handler holding an answer back (the `timeout` error) must not hold the shutdown long.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        yield f"http://{bound_host}:{bound_port}", app
+    finally:
+        await runner.cleanup()

@@ -29,7 +29,7 @@ def e164(address: str | None) -> str | None:
     """+15551230000 from "whatsapp:+15551230000", "15551230000" or "+15551230000"."""
     if not address:
         return None
-    bare = address.removeprefix("whatsapp:")
+    bare = address.strip().removeprefix("whatsapp:")
     digits = bare.lstrip("+")
     return "+" + digits if digits.isdigit() else bare
 

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -32,11 +33,11 @@ HANG_S = 90.0
 
 
 class Proc:
-    """A `parley dispatcher` process whose log lines are collected as they come."""
+    """A `parley dispatcher` (or other subcommand) process whose log lines are collected as they come."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *args: str) -> None:
         self.lines: list[str] = []
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", "dispatcher"], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", *(args or ("dispatcher",))], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -207,3 +208,39 @@ async def test_parley_dispatcher_stops_on_sigterm_and_exits_0(tmp_path, database
     await p.until_logged("dispatchers started")
     assert p.stop() == 0
     assert sum("dispatcher stopped" in line for line in p.lines) == 2
+
+
+async def test_parley_serve_answers_help_and_stop_through_its_own_dispatcher(tmp_path, database_url, procs) -> None:
+    port = dispatching.free_port()
+    user_phone = "+14155550123"
+    async with running(sim_config(f"http://127.0.0.1:{port}")) as sim:
+        env = dispatcher_env(tmp_path, database_url, sim.base_url, PARLEY_WORKERS="1", PARLEY_DISPATCHERS="1")
+        serve = Proc(env, "serve", "--port", str(port))
+        procs.append(serve)
+        try:
+            async def ready() -> bool:
+                try:
+                    async with sim.session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await until(ready, "serving")
+            sent: list[dict[str, Any]] = []
+            for body in ("HELP", "STOP"):
+                answer = await sim.control("POST", "/sim/inbound", {"channel": "sms", "from": user_phone,
+                                                                    "to": dispatching.SMS_FROM, "body": body})
+                assert answer["status"] == 200
+                before = len(sent)
+
+                async def answered(before: int = before) -> bool:
+                    sent[:] = await sim.messages(to=user_phone)
+                    return len(sent) > before
+
+                await until(answered, f"{body} answered")
+        finally:
+            code = serve.stop()
+        assert code == 0, "".join(serve.lines)[-2000:]
+    assert sent[0]["body"] == support.make_settings(database_url).help_text
+    assert "unsubscribed" in sent[1]["body"]
+    assert [m["from"] for m in sent] == [dispatching.SMS_FROM] * 2

@@ -4,6 +4,7 @@ operator's cancel and requeue with their verdict rows, and who a first message g
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import replace
 
 import asyncpg
@@ -279,4 +280,59 @@ def test_the_request_hash_covers_the_content_but_not_the_key():
     base = outbox.Item(1, 2, 3, 4, MessageClass.MARKETING, Reason.OPERATOR, body="hi", idempotency_key="a")
     assert base.request_hash() == replace(base, idempotency_key="b").request_hash()
     assert base.request_hash() != replace(base, body="hello").request_hash()
-    assert base.request_hash() != replace(base, hash_extra=(("to", "+1"),)).request_hash()
+    asked = replace(base, request='{"to": "+14155550101"}')
+    assert asked.request_hash() == replace(asked, channel_id=9, conversation_id=8).request_hash()
+    assert asked.request_hash() != replace(asked, request='{"to": "+14155550102"}').request_hash()
+    assert asked.request_hash() != replace(asked, tenant_id=2).request_hash()
+
+
+async def test_two_producers_racing_on_one_key_queue_one_row(database_url, db, acme):
+    tenant, _ = acme
+    r = await recipient(db, tenant)
+    first, second = await db_pool.connect(database_url), await db_pool.connect(database_url)
+    try:
+        tx = first.transaction()
+        await tx.start()
+        mine = await outbox.enqueue(first, item(tenant, r, idempotency_key="race"))
+        # The second waits on the first's uncommitted key, then answers its row.
+        theirs = asyncio.ensure_future(enqueue(second, item(tenant, r, idempotency_key="race")))
+        while not await db.fetchval("SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted",
+                                    second.get_server_pid()):
+            await asyncio.sleep(0.01)
+        await tx.commit()
+        answered = await theirs
+    finally:
+        await first.close()
+        await second.close()
+    assert mine.created and not answered.created and answered.id == mine.id
+    assert await db.fetchval("SELECT count(*) FROM message_queue") == 1
+
+
+async def test_a_retried_agent_reply_worded_otherwise_keeps_the_first(db, acme):
+    from agents import replies
+
+    tenant, channel = acme
+    r = await recipient(db, tenant)
+    message = await db.fetchval(
+        "INSERT INTO messages (tenant_id, conversation_id, direction, provider, message_type, body, status) "
+        "VALUES ($1, $2, 'inbound', 'twilio', 'text', 'STOP', 'received') RETURNING id", tenant, r.conversation_id)
+    first = replies.Reply(tenant, r.conversation_id, r.user_id, "unsubscribed", replies.Reason.OPT_OUT_CONFIRMATION,
+                          message, f"opt_out:message:{message}")
+    async with db.transaction():
+        queued = await replies.enqueue(db, first)
+        # A retried task that read the message in another language: same cause, other text.
+        assert await replies.enqueue(db, replace(first, body="désinscrit")) is None
+        assert await replies.enqueue(db, first) is None
+    row = await db.fetchrow("SELECT * FROM message_queue")
+    assert (row["id"], row["body"], row["class"], row["channel_id"], row["priority"]) == (
+        queued, "unsubscribed", "compliance", channel, 100)
+
+
+async def test_the_enums_match_the_checks(db):
+    definitions = {r["conname"]: r["def"] for r in await db.fetch(
+        "SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint "
+        "WHERE conrelid = 'message_queue'::regclass")}
+    for constraint, enum in [("message_queue_status_check", Status), ("message_queue_reason_check", Reason),
+                             ("message_queue_class_check", MessageClass)]:
+        allowed = set(re.findall(r"'([a-z_]+)'::text", definitions[constraint]))
+        assert allowed == {e.value for e in enum}, constraint
