@@ -168,10 +168,16 @@ class Dispatcher:
         self._flushing: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._listener: listen.Listener | None = None
         self.sent = 0  # accepted by a provider, for logs and tests
         self.claimed = 0
 
     # --- the loop -------------------------------------------------------------------------------
+
+    @property
+    def listening(self) -> bool:
+        """Whether NOTIFY wake-ups reach this dispatcher now (else it polls)."""
+        return self._listener is not None and self._listener.listening
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until `stop` is set; then stop claiming, finish the sends in flight, record them,
@@ -179,7 +185,7 @@ class Dispatcher:
         listener = None
         if self.dsn is not None:
             # NOTIFY is only a hint: while LISTEN is down we still poll.
-            listener = listen.Listener(self.dsn, {notify.QUEUE: self._wake.set})
+            listener = self._listener = listen.Listener(self.dsn, {notify.QUEUE: self._wake.set})
             await listener.start()
         self._heartbeat = asyncio.create_task(self._beat(), name="dispatch-heartbeat")
         stopper = asyncio.create_task(_relay(stop, self._wake), name="dispatch-stop")

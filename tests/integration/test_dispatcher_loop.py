@@ -100,7 +100,11 @@ async def test_an_idle_dispatcher_is_woken_by_the_outboxs_notify(pool, settings,
     stop = asyncio.Event()
     task = asyncio.create_task(d.run(stop))
     try:
-        await asyncio.sleep(0.5)  # idle now, until a NOTIFY or the (long) poll
+        # LISTEN established (a NOTIFY sent before it would be lost, and only the long poll would find
+        # the row), then idle: until a NOTIFY or the poll.
+        while not d.listening:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
         user, conv = await dispatching.person(pool, world)
         async with pool.acquire() as conn, conn.transaction():
             queued = await outbox.enqueue(conn, outbox.Item(world.tenant_id, user, conv, None, MessageClass.REPLY,
