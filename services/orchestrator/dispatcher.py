@@ -189,6 +189,9 @@ class Dispatcher:
                 if free <= 0:
                     await self._wait_for_slot(stop)
                     continue
+                # Cleared before the claim, not after it: a NOTIFY that arrives while this claim runs
+                # (rows it may have missed) leaves the event set, and the idle wait below returns at once.
+                self._wake.clear()
                 try:
                     claimed = await self.dispatch_once(min(self.batch_size, free))
                 except Exception:  # noqa: BLE001 - a database hiccup: back off, keep the loop alive
@@ -216,7 +219,6 @@ class Dispatcher:
                 timeout = max(0.0, min(timeout, (due - self.clock.now()).total_seconds()))
         except Exception:  # noqa: BLE001 - the poll interval still bounds the sleep
             pass
-        self._wake.clear()
         if stop.is_set():
             return
         with contextlib.suppress(TimeoutError):
@@ -224,6 +226,8 @@ class Dispatcher:
 
     async def _wait_for_slot(self, stop: asyncio.Event) -> None:
         self._wake.clear()
+        if stop.is_set() or len(self._in_flight) < self.concurrency:  # freed before the clear
+            return
         waiters = [asyncio.ensure_future(self._wake.wait())] + list(self._sends)
         try:
             await asyncio.wait(waiters, timeout=self.poll_interval_s, return_when=asyncio.FIRST_COMPLETED)
