@@ -97,6 +97,8 @@ class Chat:
                 if resp.status == 401:
                     raise ChatError(f"the server at {self._options.url} refused the operator key: the chat "
                                     "reads PARLEY_API_KEY or $PARLEY_HOME/api-key, as `parley serve` does")
+                if resp.status == 503 and path == "/sandbox/sim/messages":
+                    raise ChatError(f"the server at {self._options.url} is shutting down")
                 if resp.status == 404 and path.startswith("/sandbox"):
                     raise ChatError(f"the server at {self._options.url} is not in sandbox mode")
                 if resp.status >= 400:

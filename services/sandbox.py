@@ -17,6 +17,9 @@ hold its own, and the chat's long-poll would land on a process that never saw th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 import secrets
 import socket
@@ -30,6 +33,7 @@ from db import queries
 from services import appkeys, phone, simulator
 from services import runtime as runtime_mod
 from services.badinput import BadInput
+from services.httperrors import json_error
 from services.ops import api
 from services.settings import Settings, SettingsError
 
@@ -42,6 +46,7 @@ SECRETS_FILE: Final = "sandbox-secrets.json"
 # 555-0100 to 555-0199 are set aside for fiction in every North American area code: never a real phone.
 SMS_NUMBER: Final = "+12025550100"
 WHATSAPP_NUMBER: Final = "+12025550101"
+CLOSING = web.AppKey("sandbox_closing", asyncio.Event)  # set when the server starts shutting down
 # Messages the chat waits for: what is due within this many seconds (a throughput deferral, a retry).
 PENDING_HORIZON_S: Final = 5.0
 
@@ -172,7 +177,33 @@ async def _operator_only(request: web.Request, handler: api.Handler) -> web.Stre
     read every message sent and post inbound messages as anyone, not for a stranger on a public server."""
     if _provider_path(request.path):
         return await handler(request)
+    if request.path == PREFIX + "/sim/messages":
+        return await api.auth_middleware(request, functools.partial(_unless_closing, handler=handler))
     return await api.auth_middleware(request, handler)
+
+
+async def _unless_closing(request: web.Request, handler: api.Handler) -> web.StreamResponse:
+    """A long-poll, answered 503 when the server starts shutting down: the server waits for every
+    request in flight before it stops, and a chat's poll (or the poll of a chat already gone) would
+    otherwise hold a SIGTERM for as long as the poll's `wait`."""
+    poll = asyncio.ensure_future(handler(request))
+    closing = asyncio.ensure_future(request.app[CLOSING].wait())
+    try:
+        await asyncio.wait({poll, closing}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closing.cancel()
+    if poll.done():
+        return poll.result()
+    poll.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await poll
+    response = json_error(503, "the sandbox is shutting down", "wait")
+    response.headers["Retry-After"] = "5"
+    return response
+
+
+async def _close(app: web.Application) -> None:
+    app[CLOSING].set()
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -180,6 +211,8 @@ def create_app(settings: Settings) -> web.Application:
     `settings` are those `resolve` returned."""
     app = simulator.create_app(simulator_config(settings))
     app.middlewares.insert(0, _operator_only)
+    app[CLOSING] = asyncio.Event()
+    app.on_shutdown.append(_close)  # before the server waits for the requests in flight
     app.add_routes([web.get("/info", info), web.get("/pending", pending)])
     return app
 

@@ -23,8 +23,10 @@ import aiohttp
 import pytest
 
 from services import sandbox
+from services import web as web_mod
 from services.channels import outbound, twilio_send
 from services.channels.base import ChannelKind
+from services.simulator import keys as simulator_keys
 from tests import support
 from tests.integration.test_processes import _free_port
 
@@ -229,3 +231,25 @@ async def test_the_simulators_control_routes_refuse_a_request_without_the_operat
             [seen] = (await resp.json())["messages"]
         assert seen["body"] == "straight through the simulator" and seen["sid"] == result.provider_message_id
 
+
+
+
+async def test_shutting_down_answers_a_long_poll_in_flight_instead_of_waiting_it_out(aiohttp_client, database_url,
+                                                                                      tmp_path):
+    port = _free_port()
+    settings = sandbox.resolve(support.make_settings(database_url, PARLEY_SANDBOX="1", PARLEY_HOME=str(tmp_path)),
+                               f"http://127.0.0.1:{port}")
+    app = web_mod.create_app(settings)
+    client = await aiohttp_client(app, server_kwargs={"port": port})
+    [sub] = [r.get_info()["app"] for r in app.router.resources() if r.get_info().get("prefix") == sandbox.PREFIX]
+    store = sub[simulator_keys.STORE]
+    poll = asyncio.create_task(client.get("/sandbox/sim/messages", params={"to": "+15551230000", "wait": "60"},
+                                          headers={"Authorization": f"Bearer {support.API_KEY}"}))
+    while not store._changed._waiters:  # type: ignore[attr-defined]  # the poll is waiting in the simulator
+        assert not poll.done(), await poll
+        await asyncio.sleep(0.01)
+    closing = asyncio.create_task(client.server.close())
+    resp = await poll
+    assert resp.status == 503 and resp.headers["Retry-After"]
+    assert (await resp.json())["error"] == "the sandbox is shutting down"
+    await closing
