@@ -67,7 +67,7 @@ async def enqueue(pool: asyncpg.Pool, w: World, user_id: int, conversation_id: i
                   body: str | None = "Hello there", priority: int = 0, reason: str | None = None,
                   next_attempt_at: datetime | None = None, created_at: datetime | None = None,
                   expires_at: datetime | None = None, template: str | None = None,
-                  max_attempts: int = 5) -> int:
+                  max_attempts: int | None = None) -> int:
     async with pool.acquire() as conn:
         row_id: int = await conn.fetchval(
             "INSERT INTO message_queue (tenant_id, conversation_id, user_id, channel_id, body, priority, reason, "

@@ -354,7 +354,8 @@ class Dispatcher:
         rate = _number(r["send_rate"]) or throughput_mod.default_rate(kind, r["channel_address"])
         burst = _number(r["send_burst"]) or throughput_mod.default_burst(rate)
         # attempts + 1: what `move` makes it, under the claim's lock (the fence of what follows).
-        return InFlight(r["id"], r["tenant_id"], r["user_id"], r["class"], r["attempts"] + 1, r["max_attempts"],
+        return InFlight(r["id"], r["tenant_id"], r["user_id"], r["class"], r["attempts"] + 1,
+                        r["max_attempts"] or self.settings.send_max_attempts,
                         request, rendered, now, decision.zone, rate, burst)
 
     async def _pace(self, sending: list[InFlight], now: datetime) -> list[InFlight]:

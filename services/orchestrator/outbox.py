@@ -34,7 +34,6 @@ from services.orchestrator.policy import MessageClass
 
 Q = queries.load(__file__, "outbox.sql")
 
-DEFAULT_MAX_ATTEMPTS = 5
 
 
 class Reason(StrEnum):
@@ -137,7 +136,8 @@ class Item:
     expires_at: datetime | None = None
     idempotency_key: str | None = None
     source_message_id: int | None = None
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    # None: PARLEY_SEND_MAX_ATTEMPTS, as it is when the row is attempted.
+    max_attempts: int | None = None
     # The request as its producer received it (the operator API's body, canonical JSON, key left out).
     # When set, the key is compared on it rather than on the row's content: the row's channel and
     # conversation are resolved, and may resolve differently the second time for the same request.

@@ -125,7 +125,7 @@ class Reconciler:
     async def _requeue(self, row: asyncpg.Record, now: datetime) -> None:
         """The provider provably does not have it: back in line, its budget charge given back."""
         outcomes = dispatcher_mod.Outcomes.empty()
-        exhausted = row["attempts"] >= row["max_attempts"]
+        exhausted = row["attempts"] >= (row["max_attempts"] or self.settings.send_max_attempts)
         outcomes.add(row["id"], row["attempts"], claimed=False, locked_by=row["locked_by"],
                      status="failed" if exhausted else "queued", gate="reconcile",
                      verdict="fail" if exhausted else "requeue",

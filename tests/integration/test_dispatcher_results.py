@@ -146,6 +146,23 @@ async def test_the_last_attempt_fails_the_row_for_an_operator(pool, settings, wo
     assert (gate, verdict) == ("send", "fail") and "attempts exhausted" in reason
 
 
+async def test_a_row_without_its_own_limit_takes_parley_send_max_attempts(pool, database_url, world, clock) -> None:
+    # The outbox leaves max_attempts NULL: the setting, read when the row is attempted, decides.
+    two = support.make_settings(database_url, PARLEY_QUIET_HOURS="", PARLEY_SEND_MAX_ATTEMPTS=2)
+    sender = Scripted(*[SendError(ErrorKind.TRANSIENT, "503 Service Unavailable", http_status=503)] * 3)
+    d = make(pool, two, sender, clock)
+    user, conv = await dispatching.person(pool, world)
+    q = await dispatching.enqueue(pool, world, user, conv)
+    await dispatch(d)
+    assert (await dispatching.row(pool, q))["status"] == "queued"
+    clock.advance(3600)
+    await dispatch(d)
+    row = await dispatching.row(pool, q)
+    assert row["status"] == "failed" and row["attempts"] == 2 and row["max_attempts"] is None
+    assert "attempts exhausted (2 of 2" in (await dispatching.verdicts(pool, q))[-1][2]
+    assert len(sender.requests) == 2
+
+
 async def test_maybe_sent_becomes_unknown_and_is_never_retried_blindly(pool, settings, world, clock) -> None:
     sender = Scripted(SendError(ErrorKind.TRANSIENT, "read timeout", maybe_sent=True))
     d = make(pool, settings, sender, clock)
