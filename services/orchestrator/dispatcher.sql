@@ -151,7 +151,8 @@ WITH r AS (
         segments integer, body text, template text)
 ),
 rows AS (
-    SELECT q.id, q.tenant_id, q.conversation_id, r.provider_message_id, COALESCE(r.body, q.body) AS body, r.template,
+    SELECT q.id, q.tenant_id, q.conversation_id, q.user_id, q.class, r.provider_message_id,
+           COALESCE(r.body, q.body) AS body, r.template,
            COALESCE(r.segments, q.segments) AS segments,
            CASE ch.kind WHEN 'whatsapp_cloud' THEN 'meta' ELSE 'twilio' END AS provider,
            CASE WHEN s.status IS NOT NULL AND parley_status_rank(s.status) > parley_status_rank(r.provider_status)
@@ -184,6 +185,15 @@ verdicts AS (
            left($4 || rows.provider_message_id, 200),
            jsonb_build_object('provider_message_id', rows.provider_message_id, 'status', moved.status), $3
     FROM rows JOIN moved ON moved.id = rows.id
+),
+-- Spacing counts from when the provider accepted the last proactive message, not from its claim: a
+-- claim's sends leave over a second or two, so two messages claimed 30 s apart could arrive 28 s apart
+-- (bench/dispatch.py found such pairs). The next claim reads this row under its lock.
+spaced AS (
+    UPDATE user_message_budget b
+    SET last_proactive_at = GREATEST(b.last_proactive_at, $3::timestamptz), updated_at = now()
+    FROM rows JOIN moved ON moved.id = rows.id
+    WHERE b.user_id = rows.user_id AND rows.class IN ('transactional', 'marketing')
 ),
 outbound AS (
     INSERT INTO messages (tenant_id, conversation_id, direction, provider, provider_message_id, message_type,

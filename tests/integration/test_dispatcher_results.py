@@ -232,6 +232,30 @@ async def test_a_lapsed_lease_becomes_unknown_and_the_late_result_is_still_recor
         ("all", "pass"), ("reconcile", "unknown"), ("send", "sent")]
 
 
+async def test_spacing_counts_from_the_providers_acceptance_not_from_the_claim(pool, settings, world, clock) -> None:
+    # The send is held while the clock moves 2 s: the next proactive message may go 30 s after the
+    # acceptance (T0 + 2 s), not 30 s after the claim.
+    hold = asyncio.Event()
+    sender = Scripted(hold)
+    d = make(pool, settings, sender, clock)
+    user, conv = await dispatching.person(pool, world)
+    await dispatching.enqueue(pool, world, user, conv, klass="transactional")
+    start = clock.now()
+    await d.dispatch_once()
+    while not sender.requests:
+        await asyncio.sleep(0.01)
+    clock.advance(2)
+    hold.set()
+    await d.drain()
+    assert (await budget(pool, user))["last_proactive_at"] == start + timedelta(seconds=2)
+    q2 = await dispatching.enqueue(pool, world, user, conv, klass="transactional", next_attempt_at=clock.now())
+    clock.advance(29)  # 31 s after the claim, 29 s after the acceptance
+    await dispatch(d)
+    row = await dispatching.row(pool, q2)
+    assert row["status"] == "deferred" and row["next_attempt_at"] == start + timedelta(seconds=32)
+    assert len(sender.requests) == 1
+
+
 async def test_an_unknown_twilio_send_found_by_lookup_is_recorded_as_sent(pool, settings, world, clock) -> None:
     sender = Scripted(SendError(ErrorKind.TRANSIENT, "read timeout", maybe_sent=True))
     d = make(pool, settings, sender, clock)
