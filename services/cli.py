@@ -154,6 +154,15 @@ def dispatcher(args: argparse.Namespace) -> None:
 
     s = _load()
     _check_operator_key(s)
+    from services import sandbox
+
+    if sandbox.wanted(s):
+        # The sandbox's simulator and credentials live inside `parley serve`; a dispatcher of its own
+        # would send to the real providers with made-up credentials and fail every row as a config error.
+        print("parley: the sandbox is on (no provider credentials, or PARLEY_SANDBOX=1): its dispatchers run "
+              "inside `parley serve`; set provider credentials (or PARLEY_SANDBOX=0) to run `parley dispatcher`",
+              file=sys.stderr)
+        raise SystemExit(2)
     count = args.dispatchers if args.dispatchers is not None else max(1, s.dispatchers)
 
     async def run() -> None:

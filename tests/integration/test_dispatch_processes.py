@@ -210,6 +210,16 @@ async def test_parley_dispatcher_stops_on_sigterm_and_exits_0(tmp_path, database
     assert sum("dispatcher stopped" in line for line in p.lines) == 2
 
 
+def test_parley_dispatcher_refuses_to_start_beside_a_sandbox(tmp_path, database_url) -> None:
+    # No provider credentials: the sandbox's simulator is inside `parley serve`, out of this process's reach.
+    env = {k: v for k, v in dispatcher_env(tmp_path, database_url, "http://127.0.0.1:9").items()
+           if not k.startswith(("TWILIO_", "WHATSAPP_"))}
+    done = subprocess.run([sys.executable, "-m", "services.cli", "dispatcher"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert "sandbox is on" in done.stderr and "Traceback" not in done.stderr
+
+
 async def test_parley_serve_answers_help_and_stop_through_its_own_dispatcher(tmp_path, database_url, procs) -> None:
     port = dispatching.free_port()
     user_phone = "+14155550123"
