@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 from aiohttp import web
 
+from services import badinput, httperrors
 from services.simulator import control, keys, meta_api, twilio_api
 from services.simulator.config import SimConfig
 from services.simulator.state import Store
@@ -31,6 +32,8 @@ async def _no_500(request: web.Request,
         if exc.status < 400:
             raise
         return web.json_response({"error": exc.reason, "field": "path"}, status=exc.status)
+    except badinput.BadInput as exc:  # routes mounted beside it (the sandbox's) refuse input the usual way
+        return httperrors.bad_input(exc)
     except Exception:
         log.exception("simulator handler failed", extra={"path": request.path})
         return web.json_response({"error": "simulator defect; see its log"}, status=500)

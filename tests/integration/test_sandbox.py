@@ -253,3 +253,23 @@ async def test_shutting_down_answers_a_long_poll_in_flight_instead_of_waiting_it
     assert resp.status == 503 and resp.headers["Retry-After"]
     assert (await resp.json())["error"] == "the sandbox is shutting down"
     await closing
+
+
+# Values nobody thought of, for the sandbox's own routes (with the key): each is a 2xx or a 4xx
+# naming the problem, never a 500 or a hang.
+ODD_VALUES = ["", " ", "+", "%2B", "+1", "+15551230000" * 20, "%00", "%FF%FE", "null", "[]", "{}",
+              "+1555123000%00", "-1", "9" * 40, "%E2%80%AE+15551230000", "whatsapp:+15551230000", "%25"]
+
+
+async def test_the_sandbox_routes_answer_odd_input_with_a_4xx_never_a_500(database_url, tmp_path):
+    async with serving(database_url, tmp_path / "home") as server, aiohttp.ClientSession() as session:
+        for value in ODD_VALUES:
+            for path in (f"/sandbox/pending?phone={value}", f"/sandbox/sim/messages?to={value}&after={value}",
+                         f"/sandbox/sim/messages?wait={value}", f"/sandbox/info?x={value}"):
+                async with session.get(server.base + path, headers=server.auth(),
+                                       timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                    assert resp.status < 500, (path, resp.status, await resp.text())
+            for body in ({"channel": value, "from": value, "body": value}, {"from": value}, [value], value):
+                async with session.post(server.base + "/sandbox/sim/inbound", headers=server.auth(), json=body,
+                                        timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                    assert resp.status < 500, (body, resp.status, await resp.text())
