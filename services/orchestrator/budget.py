@@ -223,10 +223,13 @@ def charge(counters: Counters, message_class: str, now_utc: datetime, zone: Zone
     return counters
 
 
-def refund(counters: Counters, message_class: str, charged_at: datetime, zone: ZoneInfo) -> Counters:
-    """Give back one charge made at `charged_at` for a send that provably did not go out (the provider
-    refused it before accepting). Only while the window it was counted in is still the stored one;
-    last_proactive_at is left as it is (spacing stays conservative: the earlier value is not known)."""
+def refund(counters: Counters, message_class: str, charged_at: datetime, zone: ZoneInfo, *,
+           previous_proactive_at: datetime | None = None, restore_spacing: bool = False) -> Counters:
+    """Give back one charge made at `charged_at` for a send that provably did not go out (held by
+    throughput, or refused before the provider accepted it). Only while the window it was counted in
+    is still the stored one. With `restore_spacing` (the caller knows the value before the charge),
+    last_proactive_at goes back to `previous_proactive_at` while it is still this charge's own (nothing
+    was sent to the user since); otherwise it stays, conservatively."""
     klass = MessageClass(message_class)
     if klass in PROACTIVE:
         h_start, d_start = hour_start(charged_at, zone), day_start(charged_at, zone)
@@ -235,7 +238,10 @@ def refund(counters: Counters, message_class: str, charged_at: datetime, zone: Z
             hour_count = max(0, hour_count - 1)
         if counters.day_start == d_start:
             day_count = max(0, day_count - 1)
-        return replace(counters, hour_count=hour_count, day_count=day_count)
+        last = counters.last_proactive_at
+        if restore_spacing and last == charged_at:
+            last = previous_proactive_at
+        return replace(counters, hour_count=hour_count, day_count=day_count, last_proactive_at=last)
     if klass is MessageClass.REPLY and counters.reply_hour_start == hour_start(charged_at, zone):
         return replace(counters, reply_hour_count=max(0, counters.reply_hour_count - 1))
     return counters

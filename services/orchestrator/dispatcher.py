@@ -78,6 +78,10 @@ class Charge:
     klass: str
     charged_at: datetime  # the claim's now: a refund gives back the window it was counted in
     zone: str
+    # last_proactive_at before this charge: a refund puts it back, so that a row held by throughput
+    # or refused before acceptance is not spaced against its own claim.
+    previous_proactive_at: datetime | None = None
+    restore_spacing: bool = False  # whether previous_proactive_at is known (not for a reconciled row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +100,12 @@ class InFlight:
     zone: str
     rate: float
     burst: float
+    previous_proactive_at: datetime | None = None
 
     @property
     def charge(self) -> Charge:
-        return Charge(self.user_id, self.klass, self.charged_at, self.zone)
+        return Charge(self.user_id, self.klass, self.charged_at, self.zone, self.previous_proactive_at,
+                      restore_spacing=True)
 
 
 @dataclass(slots=True)
@@ -309,7 +315,7 @@ class Dispatcher:
                              last_error=None if decision.action is gates.Action.DEFER else decision.reason)
                 continue
             try:
-                item = self._prepare(r, decision, now, policy)
+                item = self._prepare(r, decision, now, policy, current.last_proactive_at)
             except render_mod.RenderError as exc:
                 outcomes.add(r["id"], r["attempts"], claimed=True, status="failed", gate="render", verdict="fail",
                              reason=exc.reason, detail=detail, last_error=exc.reason)
@@ -336,7 +342,7 @@ class Dispatcher:
         return found
 
     def _prepare(self, r: Mapping[str, Any], decision: gates.Decision, now: datetime,
-                 policy: policy_mod.Policy) -> InFlight:
+                 policy: policy_mod.Policy, previous_proactive_at: datetime | None = None) -> InFlight:
         kind = ChannelKind(r["channel_kind"])
         to = r["phone"]
         if not to:
@@ -356,7 +362,7 @@ class Dispatcher:
         # attempts + 1: what `move` makes it, under the claim's lock (the fence of what follows).
         return InFlight(r["id"], r["tenant_id"], r["user_id"], r["class"], r["attempts"] + 1,
                         r["max_attempts"] or self.settings.send_max_attempts,
-                        request, rendered, now, decision.zone, rate, burst)
+                        request, rendered, now, decision.zone, rate, burst, previous_proactive_at)
 
     async def _pace(self, sending: list[InFlight], now: datetime) -> list[InFlight]:
         """Gate 7: take each row's segments from its sender's bucket; rows that do not fit go back to
@@ -519,7 +525,9 @@ async def write_outcomes(pool: asyncpg.Pool, outcomes: _Outcomes, refunds: Seque
             for c in refunds:
                 counters = locked.get(c.user_id)
                 if counters is not None:
-                    locked[c.user_id] = budget_mod.refund(counters, c.klass, c.charged_at, ZoneInfo(c.zone))
+                    locked[c.user_id] = budget_mod.refund(counters, c.klass, c.charged_at, ZoneInfo(c.zone),
+                                                          previous_proactive_at=c.previous_proactive_at,
+                                                          restore_spacing=c.restore_spacing)
             outcomes.budgets.update(locked)
         moved = await outcomes.write(conn, dispatcher_id, now, lease_s)
         for queue_id, user_id, to in opted_out:

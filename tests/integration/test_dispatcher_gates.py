@@ -220,6 +220,22 @@ async def test_a_body_over_the_providers_limit_fails_with_its_reason(pool, world
     assert budget["reply_hour_count"] == 0
 
 
+async def test_a_proactive_row_held_by_throughput_is_not_spaced_against_its_own_claim(
+        pool, world, dispatcher, sender) -> None:
+    # Found in the sandbox: an operator message held 0.2 s by the sender's rate then waited 30 s for
+    # spacing, because its own claim had set last_proactive_at.
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE channels SET send_rate = 1, send_burst = 1 WHERE id = $1", world.sms_channel_id)
+    someone, their_conv = await dispatching.person(pool, world)
+    user, conv = await dispatching.person(pool, world)
+    await dispatching.enqueue(pool, world, someone, their_conv, body="takes the token", priority=10)
+    held = await dispatching.enqueue(pool, world, user, conv, klass="transactional", body="held")
+    await dispatch(dispatcher)
+    assert (await dispatching.row(pool, held))["status"] == "deferred"
+    [budget] = await dispatching.fetch(pool, "SELECT * FROM user_message_budget WHERE user_id = $1", user)
+    assert budget["last_proactive_at"] is None and budget["hour_count"] == 0
+
+
 async def test_throughput_holds_a_row_back_as_deferred_with_its_budget_refunded(
         pool, world, dispatcher, sender) -> None:
     async with pool.acquire() as conn:

@@ -150,6 +150,16 @@ def test_refund_gives_back_a_charge_in_the_same_window_only():
     assert budget.refund(budget.Counters(), "marketing", now, NY).hour_count == 0  # never below zero
 
 
+def test_a_refund_that_knows_the_previous_send_puts_spacing_back_unless_another_send_came_since():
+    now, before = utc(2026, 6, 1, 18, 5), utc(2026, 6, 1, 17, 0)
+    charged = budget.charge(budget.Counters(last_proactive_at=before), "marketing", now, NY)
+    back = budget.refund(charged, "marketing", now, NY, previous_proactive_at=before, restore_spacing=True)
+    assert back.last_proactive_at == before  # a held row is not spaced against its own claim
+    moved = budget.charge(charged, "transactional", now + timedelta(seconds=40), NY)  # another send since
+    kept = budget.refund(moved, "marketing", now, NY, previous_proactive_at=before, restore_spacing=True)
+    assert kept.last_proactive_at == now + timedelta(seconds=40)
+
+
 def test_counters_from_a_row():
     row = {"user_id": 1, "tenant_id": 2, "hourly_limit": 3, "daily_limit": None, "hour_start": utc(2026, 6, 1),
            "hour_count": 1, "day_start": None, "day_count": 0, "reply_hour_start": None, "reply_hour_count": 0,
