@@ -14,15 +14,16 @@ import json
 import zoneinfo
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel, StringConstraints
 
 from db import errors as db_errors
 from db import queries
 from services import appkeys, badinput, phone, tenants
+from services import profile as profile_mod
 from services.badinput import BadInput
 from services.channels.outbound import Template
 from services.httperrors import json_error, parse_body
@@ -54,6 +55,8 @@ def routes() -> list[web.RouteDef]:
         web.get("/queue", list_queue),
         web.get("/tenant", get_tenant),
         web.patch("/tenant", patch_tenant),
+        web.get("/tenant/faq", get_faq),
+        web.put("/tenant/faq", put_faq),
         web.patch("/users/{id}", patch_user),
         web.get("/users/{id}/budget", user_budget),
     ]
@@ -103,10 +106,45 @@ class BudgetBody(BaseModel):
     daily_limit: Limit | None = None
 
 
+Text200 = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class ProfileBody(BaseModel):
+    """PATCH /api/tenant's `profile`: a key left out keeps its value, null resets it to its default."""
+
+    model_config = ConfigDict(extra="forbid")
+    business_name: Text200 | None = None
+    industry: Text200 | None = None
+    primary_service: Text200 | None = None
+    booking_link: Annotated[str, StringConstraints(min_length=1, max_length=2000)] | None = None
+    tagline: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
+    tone: profile_mod.Tone | None = None
+    language: Literal["en", "fr", "es"] | None = None
+    followup_speed: profile_mod.FollowupSpeed | None = None
+    ai_personalized_reply: bool | None = None
+    opening_hours: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
+    handoff_message: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = None
+
+
+class FaqBody(BaseModel):
+    """One entry of PUT /api/tenant/faq."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: Annotated[str, StringConstraints(min_length=1, max_length=profile_mod.MAX_QUESTION)]
+    answer: Annotated[str, StringConstraints(min_length=1, max_length=profile_mod.MAX_ANSWER)]
+    keywords: list[Annotated[str, StringConstraints(min_length=1, max_length=profile_mod.MAX_KEYWORD)]] = Field(
+        default_factory=list, max_length=profile_mod.MAX_KEYWORDS)
+
+
+class FaqList(RootModel[list[FaqBody]]):
+    root: list[FaqBody] = Field(max_length=profile_mod.MAX_FAQ_ENTRIES)
+
+
 class TenantPatch(BaseModel):
     """Body of PATCH /api/tenant. quiet_hours null: none; time_zone or budget null: the settings' default."""
 
     model_config = ConfigDict(extra="forbid")
+    profile: ProfileBody | None = None
     quiet_hours: QuietHoursBody | None = None
     time_zone: str | None = Field(None, max_length=64)
     budget: BudgetBody | None = None
@@ -330,10 +368,49 @@ def _tenant_view(row: asyncpg.Record, settings: policy.OutboundSettings) -> dict
     }
 
 
+async def _with_profile(conn: asyncpg.Connection, view: dict[str, Any]) -> dict[str, Any]:
+    found = await profile_mod.load(conn, view["id"])
+    assert found is not None
+    return {**view, "profile": found.as_json(), "faq": profile_mod.faq_json(found.faq)}
+
+
 async def get_tenant(request: web.Request) -> web.Response:
     async with request.config_dict[appkeys.RUNTIME].pool.acquire() as conn:
         row = await _tenant(request, conn)
-    return _json(_tenant_view(row, request.config_dict[appkeys.RUNTIME].settings))
+        view = await _with_profile(conn, _tenant_view(row, request.config_dict[appkeys.RUNTIME].settings))
+    return _json(view)
+
+
+def _profile_changes(body: ProfileBody) -> dict[str, object]:
+    changes: dict[str, object] = {}
+    for name in body.model_fields_set:
+        value = getattr(body, name)
+        changes[name] = _storable(f"profile.{name}", value) if isinstance(value, str) else value
+    return profile_mod.check_changes(changes)
+
+
+async def get_faq(request: web.Request) -> web.Response:
+    async with request.config_dict[appkeys.RUNTIME].pool.acquire() as conn:
+        tenant = await _tenant(request, conn)
+        found = await profile_mod.load(conn, tenant["id"])
+    assert found is not None
+    return _json(profile_mod.faq_json(found.faq))
+
+
+async def put_faq(request: web.Request) -> web.Response:
+    """Replace the tenant's FAQ with the body's list, in order."""
+    body = parse_body(FaqList, await request.read())
+    entries = [profile_mod.NewFaqEntry(badinput.storable(f"faq[{i}].question", e.question),
+                                       badinput.storable(f"faq[{i}].answer", e.answer),
+                                       tuple(badinput.storable(f"faq[{i}].keywords", k) for k in e.keywords))
+               for i, e in enumerate(body.root)]
+    profile_mod.check_faq(entries)
+    async with request.config_dict[appkeys.RUNTIME].pool.acquire() as conn, conn.transaction():
+        tenant = await _tenant(request, conn)
+        await profile_mod.replace_faq(conn, tenant["id"], entries)
+        found = await profile_mod.load(conn, tenant["id"])
+    assert found is not None
+    return _json(profile_mod.faq_json(found.faq))
 
 
 async def patch_tenant(request: web.Request) -> web.Response:
@@ -358,13 +435,17 @@ async def patch_tenant(request: web.Request) -> web.Response:
                 changes["budget_hourly"] = limits.hourly_limit
             if "daily_limit" in limits.model_fields_set:
                 changes["budget_daily"] = limits.daily_limit
+    profile_changes = _profile_changes(body.profile) if body.profile is not None else {}
     runtime = request.config_dict[appkeys.RUNTIME]
     async with runtime.pool.acquire() as conn, conn.transaction():
         tenant = await _tenant(request, conn)
         if changes:
             await tenants.set_policy(conn, tenant["id"], changes)
+        if profile_changes:
+            await profile_mod.set_profile(conn, tenant["id"], profile_changes)
         row = await conn.fetchrow(Q.tenant, tenant["id"])
-    return _json(_tenant_view(row, runtime.settings))
+        view = await _with_profile(conn, _tenant_view(row, runtime.settings))
+    return _json(view)
 
 
 # --- users ----------------------------------------------------------------------------------------
