@@ -49,7 +49,7 @@ _INTENT_PHRASES = {
 # "What the lead wants": the words after a booking/interest verb, up to a word that starts the when/why.
 _TRIGGERS = {
     "en": r"\b(?:appointment for|booking for|book(?:ing)?|schedule|reserve|interested in|looking for|need|"
-          r"want(?! to\b)|get|price (?:of|for)|cost of|quote for)\s+",
+          r"want(?! to\b)|get|price (?:of|for)|cost of|quote for|how much (?:is|are|for|does))\s+",
     "fr": r"\b(?:rendez-vous pour|rdv pour|reserver|besoin d'|besoin de|pour|interesse par|prix d'|prix de|"
           r"tarif d'|tarif de)\s*",
     "es": r"\b(?:cita para|reservar|agendar|necesito|quiero(?! reservar| agendar| una cita)|para|"

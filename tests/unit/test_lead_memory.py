@@ -30,6 +30,8 @@ def test_strongest_commercial_intent_is_kept(previous, new, kept):
     ("quisiera reservar una limpieza el martes", "es", "una limpieza"),
     ("Can I book an appointment?", "en", None),
     ("hello", "en", None),
+    ("How much is a crown?", "en", "a crown"),
+    ("how much is it?", "en", None),
 ])
 def test_what_the_lead_wants(text, lang, wants):
     assert memory.wants_from(text, lang) == wants
