@@ -6,7 +6,9 @@ Pure functions: agents/leads.py merges a message's reading into the locked lead 
 
 from __future__ import annotations
 
+import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -89,13 +91,11 @@ def wants_from(text: str, language: str) -> str | None:
         nouns = [w for w in kept if _unaccent(w) not in _ARTICLES[lang]]
         if not nouns or _unaccent(nouns[0]) in _GENERIC:
             continue
-        # "d'" glued to its noun in French ("besoin d'un"): keep the article readable.
         return " ".join(kept)
     return None
 
 
 def _unaccent(s: str) -> str:
-    import unicodedata
     return "".join(unicodedata.normalize("NFD", c)[0] for c in s)
 
 
@@ -177,7 +177,6 @@ def _json(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
     if isinstance(value, str):
-        import json
         loaded: dict[str, Any] = json.loads(value)
         return loaded
     return dict(value)
