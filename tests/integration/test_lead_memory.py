@@ -43,3 +43,13 @@ async def test_not_interested_after_a_booking_replaces_it(client, db):
     lead = await db.fetchrow("SELECT intent, open_question, wants FROM lead_memory")
     assert lead["intent"] == "not_interested"
     assert lead["open_question"] is None
+
+
+async def test_requested_time_is_read_in_the_users_own_zone_when_set(client, db):
+    await say(client, "hello", 0)
+    await drain(client)
+    await db.execute("UPDATE users SET time_zone = 'Europe/Paris'")
+    await say(client, "Can I book a cleaning tomorrow at 3pm?", 1)
+    await drain(client)
+    rt = RequestedTime.from_json(await db.fetchval("SELECT requested_time FROM lead_memory"))
+    assert rt.zone == "Europe/Paris" and rt.start.hour == 15 and rt.precision == "time"
