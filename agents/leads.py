@@ -1,15 +1,22 @@
-"""Lead memory: one enriched record per tenant × user, and its immutable history in lead_actions."""
+"""Lead memory: one enriched record per tenant × user, and its immutable history in lead_actions.
+
+lead_memory.intent keeps the lead's strongest commercial intent (the rank is agents/memory.py's RANK: a
+booking is not overwritten by a later HELP, thanks, question or other; a not_interested, opt-out or
+wrong_number after it is news and replaces it); each message's own intent is messages.intent. What the
+lead wants, the requested time and the open question are merged into the row locked at commit, so two
+messages of one lead in one batch, or in two batches, each build on the other."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
 import asyncpg
 
+from agents import memory
 from db import notify, queries
 from services import badinput, events
 
@@ -54,6 +61,9 @@ class Enrichment:
     urgency: str
     confidence: float
     is_test: bool
+    # What the message says for the lead's memory; None keeps intent and ai_summary as given and the
+    # memory columns as they are.
+    reading: memory.Reading | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +94,23 @@ async def apply_many(conn: asyncpg.Connection, batch: Sequence[Enrichment], acto
         items = [batch[i] for i in indexes]
         keys = ([e.tenant_id for e in items], [e.user_id for e in items])
         previous = {(r["tenant_id"], r["user_id"]): r for r in await conn.fetch(Q.lock_leads, *keys)}
+        mems: list[tuple[Any, ...]] = []
+        for n, e in enumerate(items):
+            old = previous.get((e.tenant_id, e.user_id))
+            if e.reading is None:
+                mems.append((old["requested_time"], old["wants"], old["open_question"], old["intent_message_id"])
+                            if old is not None else (None, None, None, None))
+                continue
+            m = memory.merge(old, e.reading, e.message_id, e.language or (old["language"] if old else None))
+            items[n] = replace(e, intent=m.intent.value, ai_summary=m.ai_summary)
+            mems.append((m.requested_time, m.wants, m.open_question, m.intent_message_id))
         confidences = [Decimal(str(round(e.confidence, 2))) for e in items]
         rows = await conn.fetch(Q.upsert_leads, *keys, [e.name for e in items], [e.email for e in items],
                                 [e.language for e in items], [e.ai_summary for e in items],
                                 [e.intent for e in items], [e.tone for e in items], [e.urgency for e in items],
                                 confidences, [e.is_test for e in items], [e.message_id for e in items],
-                                HISTORY_LIMIT)
+                                HISTORY_LIMIT, [m[0] for m in mems], [m[1] for m in mems],
+                                [m[2] for m in mems], [m[3] for m in mems])
         ids = {(r["tenant_id"], r["user_id"]): r["id"] for r in rows}
         for i, e in zip(indexes, items, strict=True):
             old = previous.get((e.tenant_id, e.user_id))

@@ -1,7 +1,8 @@
 -- name: lock_leads
 -- The current state of the batch's leads, locked until the batch commits so changes are computed
 -- against what is really there. $1 = tenant ids, $2 = user ids
-SELECT l.id, l.tenant_id, l.user_id, l.name, l.email, l.language, l.intent, l.tone, l.urgency, l.confidence_score
+SELECT l.id, l.tenant_id, l.user_id, l.name, l.email, l.language, l.intent, l.tone, l.urgency, l.confidence_score,
+       l.requested_time, l.wants, l.open_question, l.intent_message_id
 FROM lead_memory l
 JOIN unnest($1::bigint[], $2::bigint[]) AS k (tenant_id, user_id) ON k.tenant_id = l.tenant_id AND k.user_id = l.user_id
 ORDER BY l.id
@@ -11,19 +12,22 @@ FOR UPDATE OF l;
 -- One row per (tenant, user); histories append {value, timestamp} only when the value changes, and keep
 -- the newest $13 entries.
 -- $1 = tenant ids, $2 = user ids, $3 = names, $4 = emails, $5 = languages, $6 = ai summaries, $7 = intents,
--- $8 = tones, $9 = urgencies, $10 = confidences, $11 = is_test flags, $12 = message ids, $13 = history length
+-- $8 = tones, $9 = urgencies, $10 = confidences, $11 = is_test flags, $12 = message ids, $13 = history length,
+-- $14 = requested times, $15 = wants, $16 = open questions, $17 = intent message ids (already merged with the
+-- locked row by agents/memory.py: written as given)
 INSERT INTO lead_memory AS l (tenant_id, user_id, name, email, language, ai_summary, intent, tone, urgency,
                               confidence_score, tone_history, urgency_history, confidence_history, is_test,
-                              last_message_id)
+                              last_message_id, requested_time, wants, open_question, intent_message_id)
 SELECT i.tenant_id, i.user_id, i.name, i.email, i.language, i.ai_summary, i.intent, i.tone, i.urgency, i.confidence,
        jsonb_build_array(jsonb_build_object('value', i.tone, 'timestamp', now())),
        jsonb_build_array(jsonb_build_object('value', i.urgency, 'timestamp', now())),
        jsonb_build_array(jsonb_build_object('value', i.confidence, 'timestamp', now())),
-       i.is_test, i.message_id
+       i.is_test, i.message_id, i.requested_time, i.wants, i.open_question, i.intent_message_id
 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-            $9::text[], $10::numeric[], $11::boolean[], $12::bigint[])
+            $9::text[], $10::numeric[], $11::boolean[], $12::bigint[], $14::jsonb[], $15::text[], $16::text[],
+            $17::bigint[])
      AS i (tenant_id, user_id, name, email, language, ai_summary, intent, tone, urgency, confidence, is_test,
-           message_id)
+           message_id, requested_time, wants, open_question, intent_message_id)
 ON CONFLICT ON CONSTRAINT lead_memory_tenant_user_key DO UPDATE SET
     name = COALESCE(EXCLUDED.name, l.name),
     email = COALESCE(EXCLUDED.email, l.email),
@@ -42,6 +46,10 @@ ON CONFLICT ON CONSTRAINT lead_memory_tenant_user_key DO UPDATE SET
         ELSE l.confidence_history END,
     is_test = l.is_test OR EXCLUDED.is_test,
     last_message_id = EXCLUDED.last_message_id,
+    requested_time = EXCLUDED.requested_time,
+    wants = EXCLUDED.wants,
+    open_question = EXCLUDED.open_question,
+    intent_message_id = EXCLUDED.intent_message_id,
     updated_at = now()
 RETURNING l.id, l.tenant_id, l.user_id;
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from agents import consent, decision_log, leads, replies, signals
+from agents import consent, decision_log, leads, memory, replies, signals, when
 from agents.decision_log import Entry, Status
 from agents.intent import Classification, Classifier, Intent
 from agents.summarizer import Direction, Summarizer, SummaryInput
@@ -28,7 +28,7 @@ from db import notify, queries
 from services import events
 from services.inbound import store
 from services.inbound.store import ConsentState
-from services.orchestrator import outbox
+from services.orchestrator import outbox, policy
 from services.settings import Settings
 
 Q = queries.load(__file__, "pipeline.sql")
@@ -61,23 +61,6 @@ class Outcome:
     enrichment: leads.Enrichment | None = None
     enrichment_started: float = 0.0
     summary: tuple[int, int, Any] | None = None  # (up_to_message_id, message_count, Summary)
-
-
-_INTENT_PHRASES = {
-    Intent.OPT_OUT: "Asked to stop receiving messages", Intent.OPT_IN: "Asked to receive messages again",
-    Intent.HELP: "Asked for help", Intent.INTERESTED: "Interested", Intent.NOT_INTERESTED: "Not interested",
-    Intent.QUESTION: "Has a question", Intent.BOOKING: "Wants to book, reschedule or cancel an appointment",
-    Intent.COMPLAINT: "Complained", Intent.WRONG_NUMBER: "Says this is the wrong number", Intent.OTHER: "Replied",
-}
-
-
-def lead_synopsis(result: Classification, sig: signals.Signals, text: str, conversation_summary: str | None) -> str:
-    """The lead's ai_summary: where the lead stands now, then the conversation's stored summary (written
-    every 50 messages). Built from what was just decided, so it costs microseconds per message."""
-    latest = text if len(text) <= 160 else text[:157].rstrip() + "..."
-    line = (f"{_INTENT_PHRASES[result.intent]} ({sig.urgency.value} urgency, {sig.tone.value} tone). "
-            f"Latest: \u201c{latest}\u201d")
-    return f"{line} Earlier: {conversation_summary}" if conversation_summary else line
 
 
 class Pipeline:
@@ -216,11 +199,20 @@ class Pipeline:
         started = time.perf_counter()
         previous = float(row["lead_confidence"]) if row["lead_confidence"] is not None else None
         sig = signals.extract(text, result, previous)
-        summary = lead_synopsis(result, sig, text, row["conversation_summary"])
+        language = result.language if result.language != "und" else None
+        lang = language or row["lead_language"] or "en"
+        zone = policy.recipient_zone(row["user_time_zone"], row["phone"], policy.tenant_policy(
+            self.settings, {"id": out.tenant_id, "time_zone": row["tenant_time_zone"]})).key
+        asks = result.intent not in memory.TERMINAL and result.intent not in (Intent.HELP, Intent.OPT_IN)
+        reading = memory.Reading(
+            result.intent, when.read_requested_time(text, lang, zone, row["message_at"]) if asks else None,
+            memory.wants_from(text, lang) if result.intent in memory.WANTS_INTENTS else None,
+            text if result.intent is Intent.QUESTION else None, text, sig.urgency.value, sig.tone.value,
+            row["conversation_summary"])
         out.enrichment = leads.Enrichment(
-            out.tenant_id, out.user_id, out.conversation_id, out.message_id, sig.name, sig.email,
-            result.language if result.language != "und" else None, summary, result.intent.value,
-            sig.tone.value, sig.urgency.value, sig.confidence, signals.is_test_number(row["phone"]))
+            out.tenant_id, out.user_id, out.conversation_id, out.message_id, sig.name, sig.email, language,
+            None, result.intent.value, sig.tone.value, sig.urgency.value, sig.confidence,
+            signals.is_test_number(row["phone"]), reading)
         out.enrichment_started = (time.perf_counter() - started) * 1000
 
     async def _maybe_summarize(self, pool: asyncpg.Pool, row: asyncpg.Record, out: Outcome,
@@ -295,6 +287,8 @@ class Pipeline:
                     await conn.execute(Q.insert_summary, o.tenant_id, o.conversation_id, up_to, count, summary.text,
                                        summary.implementation, summary.model)
             enriched = [o for o in mine if o.enrichment is not None]
+            await store.set_intents(conn, [(o.message_id, o.enrichment.reading.intent.value) for o in enriched
+                                           if o.enrichment is not None and o.enrichment.reading is not None])
             started = time.perf_counter()
             applied = await leads.apply_many(conn, [o.enrichment for o in enriched if o.enrichment],
                                              actor="agent:enrichment")

@@ -4,10 +4,11 @@
 SELECT t.id AS task_id, t.tenant_id, t.conversation_id, t.message_id,
        m.body, m.message_type, m.keyword, m.created_at AS message_at, m.direction,
        u.id AS user_id, u.phone, u.consent_state, u.profile_name, u.email AS user_email,
-       tn.help_text, tn.mask_pii,
+       u.time_zone AS user_time_zone, tn.help_text, tn.mask_pii, tn.time_zone AS tenant_time_zone,
        l.id AS lead_id, l.name AS lead_name, l.email AS lead_email, l.language AS lead_language,
        l.intent AS lead_intent, l.tone AS lead_tone, l.urgency AS lead_urgency,
        l.confidence_score AS lead_confidence, l.current_tag AS lead_tag, l.ai_summary AS lead_summary,
+       l.requested_time AS lead_requested_time, l.wants AS lead_wants, l.open_question AS lead_open_question,
        s.summary AS conversation_summary, s.up_to_message_id AS summarized_through,
        (SELECT count(*) FROM messages mm
         WHERE mm.conversation_id = t.conversation_id AND mm.id > COALESCE(s.up_to_message_id, 0)

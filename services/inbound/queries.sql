@@ -229,3 +229,10 @@ WITH u AS (
 INSERT INTO consent_changes (tenant_id, user_id, state, source, keyword, message_id, changed_by)
 SELECT u.tenant_id, u.id, $2, $3, $4, $5, $6 FROM u
 RETURNING id;
+
+-- name: set_intents
+-- Each message keeps its own intent (lead_memory.intent keeps the lead's strongest).
+-- $1 = message ids, $2 = intents
+UPDATE messages m SET intent = i.intent
+FROM unnest($1::bigint[], $2::text[]) AS i (id, intent)
+WHERE m.id = i.id;

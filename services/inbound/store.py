@@ -3,6 +3,7 @@ transaction, so that a webhook we acknowledge is already durable and a redeliver
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -119,3 +120,9 @@ async def set_budget_limits(conn: asyncpg.Connection, tenant_id: int, user_id: i
     """A user's own hourly and daily limits (None: the tenant's). False when the tenant has no such user."""
     row = await conn.fetchrow(U.set_budget_limits, tenant_id, user_id, hourly_limit, daily_limit)
     return row is not None
+
+
+async def set_intents(conn: asyncpg.Connection, pairs: Sequence[tuple[int, str]]) -> None:
+    """Store each message's own classified intent: [(message id, intent), ...], in one statement."""
+    if pairs:
+        await conn.execute(Q.set_intents, [p[0] for p in pairs], [p[1] for p in pairs])
